@@ -1,0 +1,1 @@
+"""The bundled model: a tiny Stable Diffusion trained on a synthetic world (sdlab-tiny)."""

@@ -1,0 +1,182 @@
+"""Shared pieces of the sdlab-tiny training stages: config, loss logs, checkpoints, data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from sdlab.tiny import world
+
+log = logging.getLogger("sdlab.tiny")
+
+TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "clip_tokenizer"
+
+
+@dataclass
+class VaeConfig:
+    block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 100
+    kl_weight: float = 1e-6
+    l1_weight: float = 0.1
+    eval_every: int = 250
+
+
+@dataclass
+class ClipConfig:
+    hidden_size: int = 64
+    layers: int = 4
+    heads: int = 4
+    vision_hidden_size: int = 64
+    vision_layers: int = 4
+    projection_dim: int = 64
+    text_len: int = 32  # captions are padded to this while training (all fit)
+    steps: int = 2000
+    batch_size: int = 128  # half base scenes, half siblings differing in one attribute
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.05
+
+
+@dataclass
+class UnetConfig:
+    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    pool_size: int = 40000
+    steps: int = 3600
+    batch_size: int = 64
+    lr: float = 6e-4
+    warmup: int = 200
+    uncond_prob: float = 0.1
+    snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+
+
+@dataclass
+class TinyConfig:
+    seed: int = 0
+    threads: int = 1
+    vae: VaeConfig = field(default_factory=VaeConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    unet: UnetConfig = field(default_factory=UnetConfig)
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> TinyConfig:
+        """Tiny sizes and a few steps: runs in seconds, for tests."""
+        return cls(
+            seed=seed,
+            vae=VaeConfig(
+                block_out_channels=(8, 8, 16, 16), norm_num_groups=4, steps=30,
+                batch_size=8, lr=3e-3, warmup=5, eval_every=15,
+            ),
+            clip=ClipConfig(
+                hidden_size=32, layers=1, heads=2, vision_hidden_size=32, vision_layers=1,
+                projection_dim=32, steps=30, batch_size=32, lr=2e-3, warmup=5,
+            ),
+            unet=UnetConfig(
+                block_out_channels=(32, 32), attention_head_dim=8, pool_size=256, steps=40,
+                batch_size=32, lr=2e-3, warmup=5,
+            ),
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LossLog:
+    """Appends one JSON line per logged step to `<stage dir>/log.jsonl`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.t0 = time.time()
+
+    def write(self, step: int, **values: float) -> None:
+        rec = {"step": step, "time": round(time.time() - self.t0, 2)}
+        rec.update({k: float(v) for k, v in values.items()})
+        with self.path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def read(self) -> list[dict[str, float]]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warmup then cosine decay to 5% of the base rate."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def step_rng(seed: int, stage: int, step: int) -> np.random.Generator:
+    """The data generator for one training step: the same on a resumed run."""
+    return np.random.default_rng([seed, stage, step])
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def tensor_to_images(x: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
+    x = ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round()
+    return x.permute(0, 2, 3, 1).to(torch.uint8).numpy()
+
+
+def random_images(rng: np.random.Generator, n: int, split: str = "train") -> np.ndarray:
+    return np.stack([world.render(world.sample_scene(rng, split)) for _ in range(n)])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean PSNR in dB over a batch of uint8 images."""
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    mse = ((a - b) ** 2).reshape(len(a), -1).mean(axis=1)
+    return float(np.mean(10.0 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+
+
+def save_checkpoint(path: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    extra: dict[str, torch.nn.Module] | None = None) -> None:
+    """Model (+ extra modules) as safetensors, optimizer state via torch.save (tensors only)."""
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    for name, mod in (extra or {}).items():
+        tensors.update({f"{name}.{k}": v.detach().contiguous() for k, v in mod.state_dict().items()})
+    save_file(tensors, str(path / "weights.tmp"))
+    torch.save({"step": step, "opt": opt.state_dict()}, path / "state.tmp")
+    (path / "weights.tmp").replace(path / "weights.safetensors")
+    (path / "state.tmp").replace(path / "state.pt")
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    extra: dict[str, torch.nn.Module] | None = None) -> int:
+    """Restore a checkpoint written by `save_checkpoint`; returns the next step (0 if none)."""
+    if not (path / "state.pt").is_file() or not (path / "weights.safetensors").is_file():
+        return 0
+    tensors = load_file(str(path / "weights.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    for name, mod in (extra or {}).items():
+        p = name + "."
+        mod.load_state_dict({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
+    state = torch.load(path / "state.pt", weights_only=True)
+    opt.load_state_dict(state["opt"])
+    return int(state["step"])

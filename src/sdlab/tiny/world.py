@@ -1,0 +1,243 @@
+"""The synthetic world the bundled model is trained on.
+
+One flat-coloured shape on a plain background, 64x64 RGB, with a caption. Everything is
+deterministic from a seed and drawn with PIL at 4x, then box-downsampled (anti-aliased).
+A fixed set of colour x shape pairs is held out of training to test generalisation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+IMAGE_SIZE = 64
+SUPERSAMPLE = 4
+
+# Well separated in RGB (smallest pairwise distance ~80, orange vs yellow).
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 220, 40),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "orange": (245, 140, 30),
+    "purple": (140, 60, 180),
+}
+COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
+POSITIONS: dict[str, tuple[float, float]] = {
+    "center": (32.0, 32.0),
+    "left": (18.0, 32.0),
+    "right": (46.0, 32.0),
+    "top": (32.0, 18.0),
+    "bottom": (32.0, 46.0),
+}
+POSITION_NAMES: tuple[str, ...] = tuple(POSITIONS)
+SIZES: dict[str, float] = {"small": 6.5, "large": 12.5}  # "radius" in pixels
+SIZE_NAMES: tuple[str, ...] = tuple(SIZES)
+SIZE_THRESHOLD = 9.5  # radius between small and large, used by the judge
+POSITION_JITTER = 2.0
+RADIUS_JITTER = 0.5
+
+# Colour x shape pairs never shown in training (one per colour/shape at most, ~10%).
+HELD_OUT: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("red", "star"),
+        ("blue", "triangle"),
+        ("yellow", "cross"),
+        ("white", "diamond"),
+        ("purple", "circle"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One image's content: the attributes a caption names, plus the exact geometry."""
+
+    shape: str
+    color: str
+    background: str
+    position: str
+    size: str
+    cx: float
+    cy: float
+    radius: float
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        return {
+            "shape": self.shape,
+            "color": self.color,
+            "background": self.background,
+            "position": self.position,
+            "size": self.size,
+        }
+
+
+def is_held_out(color: str, shape: str) -> bool:
+    return (color, shape) in HELD_OUT
+
+
+def make_scene(
+    shape: str,
+    color: str,
+    background: str,
+    position: str,
+    size: str,
+    rng: np.random.Generator | None = None,
+) -> Scene:
+    """A scene with the given attributes; `rng` adds small position/size jitter."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES}")
+    for c in (color, background):
+        if c not in COLORS:
+            raise ValueError(f"unknown color {c!r}; choose from {COLOR_NAMES}")
+    if color == background:
+        raise ValueError("shape color and background color must differ")
+    cx, cy = POSITIONS[position]
+    radius = SIZES[size]
+    if rng is not None:
+        cx += rng.uniform(-POSITION_JITTER, POSITION_JITTER)
+        cy += rng.uniform(-POSITION_JITTER, POSITION_JITTER)
+        radius += rng.uniform(-RADIUS_JITTER, RADIUS_JITTER)
+    return Scene(shape, color, background, position, size, float(cx), float(cy), float(radius))
+
+
+def sample_scene(rng: np.random.Generator, split: str = "train") -> Scene:
+    """A random scene. split: "train" (no held-out pairs), "held_out" (only those), "all"."""
+    if split not in ("train", "held_out", "all"):
+        raise ValueError(f"split must be train, held_out or all, not {split!r}")
+    while True:
+        shape = SHAPES[rng.integers(len(SHAPES))]
+        color = COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
+        held = is_held_out(color, shape)
+        if (split == "train" and held) or (split == "held_out" and not held):
+            continue
+        background = COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
+        if background == color:
+            continue
+        position = POSITION_NAMES[rng.integers(len(POSITION_NAMES))]
+        size = SIZE_NAMES[rng.integers(len(SIZE_NAMES))]
+        return make_scene(shape, color, background, position, size, rng)
+
+
+def shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    """The outline of a shape as polygon vertices (pixels, y down), centroid at (cx, cy)."""
+
+    def ring(radii: list[float], start_deg: float) -> list[tuple[float, float]]:
+        n = len(radii)
+        pts = []
+        for k, rad in enumerate(radii):
+            a = math.radians(start_deg + 360.0 * k / n)
+            pts.append((cx + rad * math.cos(a), cy + rad * math.sin(a)))
+        return pts
+
+    if shape == "circle":
+        return ring([r] * 96, 0.0)
+    if shape == "square":
+        h = 0.88 * r
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "triangle":  # equilateral, pointing up
+        return ring([1.15 * r] * 3, -90.0)
+    if shape == "star":  # five points, pointing up
+        return ring([1.2 * r, 0.5 * r] * 5, -90.0)
+    if shape == "diamond":
+        return ring([1.15 * r] * 4, -90.0)
+    if shape == "cross":  # a plus sign
+        a, w = r, r / 3.0
+        return [
+            (cx - w, cy - a), (cx + w, cy - a), (cx + w, cy - w), (cx + a, cy - w),
+            (cx + a, cy + w), (cx + w, cy + w), (cx + w, cy + a), (cx - w, cy + a),
+            (cx - w, cy + w), (cx - a, cy + w), (cx - a, cy - w), (cx - w, cy - w),
+        ]  # fmt: skip
+    raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES}")
+
+
+def render_mask(shape: str, cx: float, cy: float, r: float, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Anti-aliased coverage of a shape, (size, size) float32 in [0, 1]."""
+    s = SUPERSAMPLE
+    big = Image.new("L", (size * s, size * s), 0)
+    pts = [(x * s, y * s) for x, y in shape_polygon(shape, cx, cy, r)]
+    ImageDraw.Draw(big).polygon(pts, fill=255)
+    small = big.resize((size, size), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The scene as an (size, size, 3) uint8 RGB array."""
+    alpha = render_mask(scene.shape, scene.cx, scene.cy, scene.radius, size)[..., None]
+    fg = np.array(COLORS[scene.color], dtype=np.float32)
+    bg = np.array(COLORS[scene.background], dtype=np.float32)
+    img = alpha * fg + (1.0 - alpha) * bg
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+# ---- captions -------------------------------------------------------------------------
+
+_SIZE_WORDS = {"small": ["small", "small", "little", "tiny"], "large": ["large", "large", "big"]}
+_POSITION_PHRASES = {
+    "center": ["in the center", "in the middle", "centered", "at the center"],
+    "left": ["on the left", "at the left", "on the left side", "to the left"],
+    "right": ["on the right", "at the right", "on the right side", "to the right"],
+    "top": ["at the top", "on top", "near the top", "in the upper part"],
+    "bottom": ["at the bottom", "near the bottom", "in the lower part", "on the bottom"],
+}
+_POSITION_WORDS = {
+    "center": ["center", "middle"],
+    "left": ["left"],
+    "right": ["right"],
+    "top": ["top"],
+    "bottom": ["bottom"],
+}
+_BACKGROUND_WORDS = ["background", "background", "backdrop"]
+_TEMPLATES = [
+    "a {size} {color} {shape} on a {bg} background",
+    "a {size} {color} {shape} {pos_phrase}, {bg} background",
+    "{size} {color} {shape}, {pos_word}, {bg} {bgword}",
+    "a {color} {shape} {pos_phrase} on a {bg} {bgword}",
+    "a {color} {shape} on {bg}",
+    "{color} {shape}, {size}, {pos_word}, {bg} {bgword}",
+    "an image of a {size} {color} {shape} {pos_phrase} on a {bg} {bgword}",
+    "{bg} {bgword} with a {size} {color} {shape} {pos_phrase}",
+    "a {color} {shape} on a {bg} {bgword}",
+    "a drawing of a {color} {shape}, {size}, {pos_phrase}, on {bg}",
+    "a {size} {color} {shape}",
+    "{color} {shape} {pos_phrase}",
+    "a {bg} {bgword}, a {color} {shape} {pos_phrase}",
+    "{size} {color} {shape} on {bg} {pos_phrase}",
+]
+
+
+def caption(scene: Scene, rng: np.random.Generator) -> str:
+    """A training caption for the scene, from a randomly chosen template and wording."""
+    template = _TEMPLATES[rng.integers(len(_TEMPLATES))]
+
+    def pick(options: list[str]) -> str:
+        return options[rng.integers(len(options))]
+
+    text = template.format(
+        size=pick(_SIZE_WORDS[scene.size]),
+        color=scene.color,
+        shape=scene.shape,
+        bg=scene.background,
+        bgword=pick(_BACKGROUND_WORDS),
+        pos_phrase=pick(_POSITION_PHRASES[scene.position]),
+        pos_word=pick(_POSITION_WORDS[scene.position]),
+    )
+    return text.replace("a orange", "an orange")
+
+
+def make_dataset(
+    n: int, seed: int, split: str = "train"
+) -> tuple[np.ndarray, list[Scene], list[str]]:
+    """n images (n, 64, 64, 3) uint8, their scenes and one caption each, from a seed."""
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng, split) for _ in range(n)]
+    images = np.stack([render(s) for s in scenes]) if n else np.zeros((0, 64, 64, 3), np.uint8)
+    captions = [caption(s, rng) for s in scenes]
+    return images, scenes, captions
