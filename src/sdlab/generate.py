@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -49,15 +49,14 @@ def check_params(params: GenerateParams, vae_scale_factor: int | None = None) ->
         if value is None or vae_scale_factor is None:
             continue
         if value < vae_scale_factor or value % vae_scale_factor:
-            raise SdlabError(
-                f"--{name} {value} is not a positive multiple of the VAE factor "
-                f"{vae_scale_factor} (try {max(1, round(value / vae_scale_factor)) * vae_scale_factor})"
-            )
+            nearest = max(1, round(value / vae_scale_factor)) * vae_scale_factor
+            raise SdlabError(f"--{name} {value} is not a positive multiple of the VAE factor "
+                             f"{vae_scale_factor} (try {nearest})")
 
 
 @dataclass
 class Generation:
-    params: GenerateParams
+    params: GenerateParams  # as run: height and width filled in
     latents: torch.Tensor  # (N, 4, H/8, W/8), final, before the VAE
     images: list[Image.Image]
     records: list[StepRecord]
@@ -69,6 +68,7 @@ def generate(parts: Parts, params: GenerateParams, callbacks: Sequence[Callback]
     check_params(params, parts.vae_scale_factor)
     height = params.height or parts.native_size
     width = params.width or parts.native_size
+    params = replace(params, height=height, width=width)
     cond = conditioning(parts, params.prompt, params.negative, params.batch, params.guidance)
     scheduler = make_scheduler(params.scheduler, parts.scheduler_config)
     scheduler.set_timesteps(params.steps, device=parts.device)

@@ -73,7 +73,8 @@ def resolve(model: str | os.PathLike[str]) -> Path:
     name = str(model)
     if name == BUNDLED_NAME:
         if not (BUNDLED_DIR / "model_index.json").is_file():
-            raise SdlabError(f"the bundled model '{BUNDLED_NAME}' is not installed in {BUNDLED_DIR}")
+            raise SdlabError(f"the bundled model '{BUNDLED_NAME}' is not in {BUNDLED_DIR}: "
+                             "reinstall sdlab, or pass --model")
         return BUNDLED_DIR
     path = Path(name).expanduser()
     if path.exists():

@@ -12,20 +12,13 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
+
+from sdlab.schedule import SD1_SCHEDULER_CONFIG
 
 TOKENIZER_DIR = Path(__file__).parent / "assets" / "clip_tokenizer"
 
-SCHEDULER_CONFIG = {  # SD 1.x's published scheduler config
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "skip_prk_steps": True,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-}
 
 SHAPES = {
     "tiny": {
@@ -64,11 +57,13 @@ def build_random_model(folder: str | Path, shape: str = "tiny", seed: int = 0,
         up_block_types=("UpDecoderBlock2D",) * len(spec["vae"]["block_out_channels"]),
         **spec["vae"])
     unet = UNet2DConditionModel(in_channels=4, out_channels=4, **spec["unet"])
-    scheduler = PNDMScheduler(prediction_type=prediction_type, **SCHEDULER_CONFIG)
     text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
     unet.save_pretrained(folder / "unet", safe_serialization=True)
-    scheduler.save_pretrained(folder / "scheduler")
+    # written as SD publishes it (not save_pretrained, which adds every default)
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {**SD1_SCHEDULER_CONFIG, "prediction_type": prediction_type}, indent=2))
     shutil.copytree(TOKENIZER_DIR, folder / "tokenizer", dirs_exist_ok=True)
     (folder / "model_index.json").write_text(json.dumps({
         "_class_name": "StableDiffusionPipeline",

@@ -46,6 +46,7 @@ class StopSampling(Exception):  # noqa: N818 - a signal, not an error
 
 # A callback sees the record before the scheduler step; it returns None to leave it as is
 # or a changed record (e.g. `dataclasses.replace(record, latents=...)`) to edit the run.
+# A callback object may also have `begin(total_steps)` and `end()`, called around the loop.
 Callback = Callable[[StepRecord], StepRecord | None]
 
 
@@ -69,17 +70,28 @@ def denoise(unet: UNet2DConditionModel, scheduler: SchedulerMixin, latents: torc
     timesteps = scheduler.timesteps
     if start and hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
-    for i in range(start, len(timesteps)):
-        t = timesteps[i]
-        record = predict(unet, scheduler, latents, cond, guidance, i, t, prediction_type)
-        try:
-            for callback in callbacks:
-                record = callback(record) or record
-        except StopSampling:
-            return
-        latents = scheduler.step(record.eps, t, record.latents, **step_kwargs,
-                                 return_dict=False)[0]
-        yield replace(record, next_latents=latents)
+    _each(callbacks, "begin", len(timesteps) - start)
+    try:
+        for i in range(start, len(timesteps)):
+            t = timesteps[i]
+            record = predict(unet, scheduler, latents, cond, guidance, i, t, prediction_type)
+            try:
+                for callback in callbacks:
+                    record = callback(record) or record
+            except StopSampling:
+                return
+            latents = scheduler.step(record.eps, t, record.latents, **step_kwargs,
+                                     return_dict=False)[0]
+            yield replace(record, next_latents=latents)
+    finally:
+        _each(callbacks, "end")
+
+
+def _each(callbacks: Sequence[Callback], event: str, *args: object) -> None:
+    for callback in callbacks:
+        hook = getattr(callback, event, None)
+        if hook is not None:
+            hook(*args)
 
 
 def predict(unet: UNet2DConditionModel, scheduler: SchedulerMixin, latents: torch.Tensor,
@@ -110,7 +122,7 @@ def _step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator | None) -
 
 def last(records: Iterator[StepRecord]) -> StepRecord | None:
     """Run a loop to its end and keep the final record (None if it stopped at once)."""
-    record = None
-    for record in records:
+    final = None
+    for final in records:  # noqa: B007 - the loop's last value is the point
         pass
-    return record
+    return final

@@ -31,6 +31,20 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "dpm++2m-karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
 }
 DEFAULT_SCHEDULER = "lms"
+# SD 1.x's published scheduler config (CompVis/stable-diffusion-v1-4); with `lms` it is
+# the deep dive's scheduler: `set_timesteps(15)` gives sigmas 14.6146, 9.6826, ... 0.
+SD1_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "PNDMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
 # Old SD configs lack these; clipping x0 to [-1, 1] is meant for pixels, not latents, and
 # the offset makes the last step land on t=1. StableDiffusionPipeline applies the same.
 LATENT_FIXES = {"clip_sample": False, "steps_offset": 1}

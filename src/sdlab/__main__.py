@@ -1,0 +1,3 @@
+from sdlab.cli import main
+
+main()
