@@ -96,7 +96,8 @@ def test_hub_id_not_in_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(SdlabError) as err:
         resolve("CompVis/stable-diffusion-v1-4")
-    assert_one_line(err, "not in the Hugging Face cache", "hf download CompVis/stable-diffusion-v1-4")
+    assert_one_line(err, "not in the Hugging Face cache",
+                    "hf download CompVis/stable-diffusion-v1-4")
 
 
 def fake_hf_cache(cache: Path, repo_id: str, model: Path) -> None:

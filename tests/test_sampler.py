@@ -22,7 +22,8 @@ def test_records_cover_every_step(tiny: Parts) -> None:
     first = result.records[0]
     assert first.latents.shape == first.eps.shape == first.x0_pred.shape == (1, 4, 8, 8)
     assert first.eps_uncond is not None and first.eps_cond is not None
-    torch.testing.assert_close(first.eps, first.eps_uncond + 7.5 * (first.eps_cond - first.eps_uncond))
+    guided = first.eps_uncond + 7.5 * (first.eps_cond - first.eps_uncond)
+    torch.testing.assert_close(first.eps, guided)
     # sigmas fall and each record hands its result to the next
     sigmas = [float(r.sigma) for r in result.records]
     assert sigmas == sorted(sigmas, reverse=True)
@@ -32,7 +33,8 @@ def test_records_cover_every_step(tiny: Parts) -> None:
 
 
 def test_guidance_one_skips_the_unconditional_pass(tiny: Parts) -> None:
-    record = generate(tiny, GenerateParams("a cat", steps=1, guidance=1.0), keep_records=True).records[0]
+    params = GenerateParams("a cat", steps=1, guidance=1.0)
+    record = generate(tiny, params, keep_records=True).records[0]
     assert record.eps_uncond is None
     assert torch.equal(record.eps, record.eps_cond)
 
