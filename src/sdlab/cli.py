@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,10 @@ import click
 from tqdm.auto import tqdm
 
 import sdlab
+from sdlab.cli_common import guard as _guard
+from sdlab.cli_image import noise_cmd, schedule_cmd, vae_group
+from sdlab.cli_text import COMMANDS as TEXT_COMMANDS
+from sdlab.cli_text import text_edit_options, text_settings
 from sdlab.errors import SdlabError
 from sdlab.generate import GenerateParams, check_params, generate
 from sdlab.models import default_model, load, read_configs, resolve
@@ -43,20 +46,6 @@ class Progress:
             self.bar.close()
 
 
-def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn an SdlabError into one line, `Error: ...`, and exit status 1."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SdlabError as err:
-            raise click.ClickException(str(err)) from None
-
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
-    return wrapper
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(sdlab.__version__, prog_name="sdlab")
 def main() -> None:
@@ -79,6 +68,7 @@ def main() -> None:
 @click.option("--width", type=int, help="Pixels (default: the model's native size).")
 @click.option("--batch", type=int, default=1, show_default=True,
               help="Images from one generator seeded once (like num_images_per_prompt).")
+@text_edit_options
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="PNG to write [default: sdlab.png]; a batch writes OUT-0.png, OUT-1.png...")
 @click.option("--save-latents", type=click.Path(dir_okay=False),
@@ -100,9 +90,7 @@ def generate_cmd(prompt: str | None, model: str | None, from_png: str | None, ou
         index = stored.get("index", 0)
         out = out or str(Path(from_png).with_name(Path(from_png).stem + "-rerun.png"))
     else:
-        if prompt is None:
-            raise SdlabError("give a PROMPT (or --from a PNG written by sdlab)")
-        params = GenerateParams(prompt=prompt, **settings)
+        params = GenerateParams(**text_settings(prompt, settings))
     model = model or default_model()
     check_params(params)
     out_path = check_writable(out or "sdlab.png", ".png")
@@ -161,3 +149,8 @@ def _register_optional() -> None:
 
 
 _register_optional()
+for _command in (vae_group, schedule_cmd, noise_cmd):  # sdlab.cli_image
+    main.add_command(_command)
+for _command in TEXT_COMMANDS:  # tokens, embed, interpolate (sdlab.cli_text)
+    _command.callback = _guard(_command.callback)
+    main.add_command(_command)

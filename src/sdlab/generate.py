@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from sdlab import latents as latent_io
@@ -14,7 +15,7 @@ from sdlab.errors import SdlabError
 from sdlab.models import Parts
 from sdlab.sampler import Callback, StepRecord, denoise, initial_noise
 from sdlab.schedule import DEFAULT_SCHEDULER, check_name, make_scheduler
-from sdlab.text import conditioning
+from sdlab.surgery import TextEdits, check_text, conditioning
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,16 @@ class GenerateParams:
     height: int | None = None  # None: the model's native size
     width: int | None = None
     batch: int = 1
+    # text edits (sdlab.surgery): swaps "WORD=WORD", a mix "PROMPT:W" (then prompt is ""),
+    # textual-inversion files and the prompt words they replace ("" = the file's own)
+    swap: tuple[str, ...] = ()
+    mix: tuple[str, ...] = ()
+    embedding: tuple[str, ...] = ()
+    token: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:  # a JSON recipe gives lists: keep tuples
+        for name in ("swap", "mix", "embedding", "token"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,6 +55,7 @@ def check_params(params: GenerateParams, vae_scale_factor: int | None = None) ->
     if params.batch < 1:
         raise SdlabError(f"--batch must be at least 1 (got {params.batch})")
     check_name(params.scheduler)
+    check_text(params.prompt, TextEdits.of(params))
     for name in ("height", "width"):
         value = getattr(params, name)
         if value is None or vae_scale_factor is None:
@@ -66,21 +78,35 @@ def generate(parts: Parts, params: GenerateParams, callbacks: Sequence[Callback]
              keep_records: bool = False) -> Generation:
     """The deep dive's loop: text states, seeded noise, the denoising steps, VAE decode."""
     check_params(params, parts.vae_scale_factor)
-    height = params.height or parts.native_size
-    width = params.width or parts.native_size
-    params = replace(params, height=height, width=width)
-    cond = conditioning(parts, params.prompt, params.negative, params.batch, params.guidance)
+    params = replace(params, height=params.height or parts.native_size,
+                     width=params.width or parts.native_size)
+    cond, scheduler, generator = prepare(parts, params)
+    shape = (params.batch, parts.unet.config.in_channels,
+             params.height // parts.vae_scale_factor, params.width // parts.vae_scale_factor)
+    latents = initial_noise(shape, generator, parts.device, parts.dtype)
+    latents = latents * scheduler.init_noise_sigma
+    return run(parts, params, scheduler, latents, cond, generator, callbacks, keep_records)
+
+
+def prepare(parts: Parts, params: GenerateParams
+            ) -> tuple[torch.Tensor, SchedulerMixin, torch.Generator]:
+    """Encoder states, a scheduler set to the run's steps, and the run's seeded generator."""
+    cond = conditioning(parts, params.prompt, params.negative, params.batch, params.guidance,
+                        TextEdits.of(params))
     scheduler = make_scheduler(params.scheduler, parts.scheduler_config)
     scheduler.set_timesteps(params.steps, device=parts.device)
     generator = torch.Generator("cpu").manual_seed(params.seed)
-    shape = (params.batch, parts.unet.config.in_channels,
-             height // parts.vae_scale_factor, width // parts.vae_scale_factor)
-    latents = initial_noise(shape, generator, parts.device, parts.dtype)
-    latents = latents * scheduler.init_noise_sigma
+    return cond, scheduler, generator
+
+
+def run(parts: Parts, params: GenerateParams, scheduler: SchedulerMixin, latents: torch.Tensor,
+        cond: torch.Tensor, generator: torch.Generator, callbacks: Sequence[Callback],
+        keep_records: bool, start: int = 0) -> Generation:
+    """The denoising loop from step index `start`, then the VAE decode."""
     records = []
     for record in denoise(parts.unet, scheduler, latents, cond, params.guidance,
                           prediction_type=parts.prediction_type, generator=generator,
-                          callbacks=callbacks):
+                          callbacks=callbacks, start=start):
         latents = record.next_latents
         if keep_records:
             records.append(record)

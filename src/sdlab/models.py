@@ -259,3 +259,12 @@ def _write_cache(file: Path, cache: dict[str, str]) -> None:
         tmp.replace(file)
     except OSError:
         pass  # a read-only home only costs a re-hash next time
+
+
+def load_tokenizer(model: str | os.PathLike[str]) -> CLIPTokenizer:
+    """Only the tokenizer of a model (no weights read): enough to look at token ids."""
+    folder = resolve(model)
+    try:
+        return CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    except Exception as err:
+        raise SdlabError(f"cannot load the tokenizer in {folder}: {_one_line(err)}") from err

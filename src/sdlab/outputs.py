@@ -48,7 +48,9 @@ def check_writable(path: str | Path, suffix: str) -> Path:
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    # the temporary name keeps the suffix: writers such as ffmpeg pick the format by it
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{path.suffix}",
+                               dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))

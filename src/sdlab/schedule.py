@@ -95,3 +95,19 @@ def x0_from_prediction(model_input: torch.Tensor, eps: torch.Tensor, sigma: torc
     if prediction_type == "sample":
         return eps
     raise SdlabError(f"unknown prediction_type '{prediction_type}' in the scheduler config")
+
+
+def schedule_table(scheduler: SchedulerMixin) -> list[tuple[int, float, float]]:
+    """(i, t, sigma) for each step of a scheduler whose `set_timesteps` has been called."""
+    return [(i, float(t), float(step_sigma(scheduler, i, t)))
+            for i, t in enumerate(scheduler.timesteps)]
+
+
+def noise_to_step(scheduler: SchedulerMixin, latents: torch.Tensor, noise: torch.Tensor,
+                  i: int) -> torch.Tensor:
+    """`add_noise` at the timestep of step `i`: where the loop would be after i steps
+    (for sigma schedulers, latents + sigma_i * noise)."""
+    if not 0 <= i < len(scheduler.timesteps):
+        raise SdlabError(f"step {i} is outside 0..{len(scheduler.timesteps) - 1}")
+    t = scheduler.timesteps[i : i + 1].repeat(latents.shape[0])
+    return scheduler.add_noise(latents, noise, t)
