@@ -37,7 +37,9 @@ def test_generate_writes_png_with_recipe_and_reruns_exactly(tiny_folder: Path,
     assert meta["params"] == {"prompt": "a watercolor painting of an otter",
                               "negative": "blurry", "steps": 4, "guidance": 7.5, "seed": 5,
                               "scheduler": "euler", "height": 64, "width": 64, "batch": 1,
-                              "swap": [], "mix": [], "embedding": [], "token": []}
+                              "swap": [], "mix": [], "embedding": [], "token": [],
+                              "guide": [], "guide_every": 5, "guide_decoder": "full",
+                              "clip_model": None}
     assert meta["model"] == str(tiny_folder.resolve())
     assert len(meta["weights_hash"]) == 16 and meta["sdlab_version"]
     rerun = tmp_path / "again.png"

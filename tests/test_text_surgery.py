@@ -24,6 +24,7 @@ from sdlab.surgery import (
     prompt_states,
     resolve_swaps,
 )
+from sdlab.text import conditioning as plain_conditioning
 from sdlab.text import encode, token_embedding_table
 
 ATOL = 1e-5
@@ -216,3 +217,10 @@ def test_learned_vectors_cut_by_truncation_keep_the_end_token(tiny: Parts,
         ids, embeds = edited_embeddings(tiny, prompt, [], [load_embedding(file)])
         assert ids.shape == (77,) and ids[-1] == 49407  # <|endoftext|> still closes it
         assert torch.equal(embeds[-1], token_embedding_table(tiny)[49407])
+
+
+def test_no_edits_is_the_plain_text_encoder_exactly(tiny: Parts) -> None:
+    # plain runs must keep their bit-for-bit parity with diffusers' pipeline
+    for guidance in (1.0, 7.5):
+        assert torch.equal(conditioning(tiny, "a dog", "blurry", 2, guidance),
+                           plain_conditioning(tiny, "a dog", "blurry", 2, guidance))

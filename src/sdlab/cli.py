@@ -13,15 +13,17 @@ from tqdm.auto import tqdm
 import sdlab
 from sdlab.cli_common import guard as _guard
 from sdlab.cli_image import noise_cmd, schedule_cmd, vae_group
+from sdlab.cli_run import Progression, run_options
 from sdlab.cli_text import COMMANDS as TEXT_COMMANDS
-from sdlab.cli_text import text_edit_options, text_settings
+from sdlab.cli_text import text_settings
 from sdlab.errors import SdlabError
 from sdlab.generate import GenerateParams, check_params, generate
+from sdlab.img2img import Img2ImgParams, check_img2img, img2img, strength_for
+from sdlab.latents import load_image
 from sdlab.models import default_model, load, read_configs, resolve
 from sdlab.outputs import check_writable, numbered, read_png_meta, recipe, save_png
 from sdlab.outputs import save_latents as write_latents
 from sdlab.sampler import StepRecord
-from sdlab.schedule import SCHEDULERS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -55,77 +57,107 @@ def main() -> None:
 
 @main.command("generate")
 @click.argument("prompt", required=False)
-@click.option("--model", help="diffusers folder, cached hub id, or 'sdlab-tiny' (default).")
-@click.option("--negative", default="", show_default=True, help="Negative prompt.")
-@click.option("--steps", type=int, default=30, show_default=True)
-@click.option("--guidance", type=float, default=7.5, show_default=True,
-              help="Classifier-free guidance scale (1 = no unconditional pass).")
-@click.option("--seed", type=int, default=32, show_default=True,
-              help="Seeds a CPU torch.Generator: the same noise on every device.")
-@click.option("--scheduler", type=click.Choice(list(SCHEDULERS)), default="lms",
-              show_default=True)
 @click.option("--height", type=int, help="Pixels (default: the model's native size).")
 @click.option("--width", type=int, help="Pixels (default: the model's native size).")
-@click.option("--batch", type=int, default=1, show_default=True,
-              help="Images from one generator seeded once (like num_images_per_prompt).")
-@text_edit_options
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="PNG to write [default: sdlab.png]; a batch writes OUT-0.png, OUT-1.png...")
-@click.option("--save-latents", type=click.Path(dir_okay=False),
-              help="Also save the final latents (before the VAE) to this .safetensors file.")
 @click.option("--from", "from_png", type=click.Path(exists=True, dir_okay=False),
               help="Re-run the recipe stored in a PNG written by sdlab.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="fp32 on CPU/MPS, fp16 on CUDA.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@run_options
 @_guard
-def generate_cmd(prompt: str | None, model: str | None, from_png: str | None, out: str | None,
-                 save_latents: str | None, device: str, quiet: bool, **settings: Any) -> None:
+def generate_cmd(prompt: str | None, from_png: str | None, **options: Any) -> None:
     """Text to image through the open loop."""
-    index = None
+    run_settings = {k: options.pop(k) for k in RUN_OUTPUTS}
     if from_png:
         stored = read_png_meta(from_png)
-        params = _params_from(stored, from_png)
-        model = model or stored["model"]
-        index = stored.get("index", 0)
-        out = out or str(Path(from_png).with_name(Path(from_png).stem + "-rerun.png"))
-    else:
-        params = GenerateParams(**text_settings(prompt, settings))
+        _execute(_params_from(stored, from_png), stored=stored, **{
+            **run_settings, "model": run_settings["model"] or stored["model"],
+            "out": run_settings["out"] or str(Path(from_png).with_name(
+                Path(from_png).stem + "-rerun.png"))})
+        return
+    _execute(GenerateParams(**text_settings(prompt, options)), **run_settings)
+
+
+@main.command("img2img")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("prompt", required=False)
+@click.option("--strength", type=float, default=None,
+              help="How much of the schedule to run, 0..1 (diffusers' way) [default: 0.8].")
+@click.option("--start-step", type=int, default=None,
+              help="Start the loop at this step (the deep dive's way): strength "
+                   "(steps - k) / steps.")
+@click.option("--height", type=int, help="Resize the image (default: its size, rounded "
+                                         "down to the VAE factor).")
+@click.option("--width", type=int)
+@run_options
+@_guard
+def img2img_cmd(image: str, prompt: str | None, strength: float | None,
+                start_step: int | None, **options: Any) -> None:
+    """Image to image: IMAGE noised to a start step, then denoised towards PROMPT."""
+    run_settings = {k: options.pop(k) for k in RUN_OUTPUTS}
+    if strength is not None and start_step is not None:
+        raise SdlabError("give --strength or --start-step, not both (they are one setting)")
+    if start_step is not None:
+        strength = strength_for(start_step, options["steps"])
+    params = Img2ImgParams(**text_settings(prompt, options), image=str(Path(image).resolve()),
+                           strength=0.8 if strength is None else strength)
+    _execute(params, **run_settings)
+
+
+RUN_OUTPUTS = ("model", "out", "save_latents", "device", "quiet", "video", "video_decoder",
+               "trace")
+
+
+def _execute(params: GenerateParams, model: str | None, out: str | None,
+             save_latents: str | None, device: str, quiet: bool, video: str | None,
+             video_decoder: str, trace: str | None, stored: dict[str, Any] | None = None
+             ) -> None:
+    """Check everything, load, run (text or image to image), write the outputs."""
     model = model or default_model()
     check_params(params)
+    if isinstance(params, Img2ImgParams):
+        check_img2img(params)
     out_path = check_writable(out or "sdlab.png", ".png")
     latents_path = check_writable(save_latents, ".safetensors") if save_latents else None
+    progression = Progression(video, video_decoder, trace)
     folder = resolve(model)
-    _check_size(params, folder)
+    factor = _check_size(params, folder)
     parts = load(model, device=device)
-    result = generate(parts, params, callbacks=[Progress(not quiet)])
+    callbacks = [Progress(not quiet), *progression.callbacks(parts)]
+    if isinstance(params, Img2ImgParams):
+        size = (params.width, params.height) if params.width and params.height else None
+        picture = load_image(params.image, size, factor)
+        result = img2img(parts, params, picture, callbacks, progression.keep_records)
+    else:
+        result = generate(parts, params, callbacks, progression.keep_records)
     model_ref = str(folder.resolve()) if Path(model).exists() else model
     meta = recipe(model_ref, folder, result.params.to_dict())
-    if from_png and meta["weights_hash"] != stored.get("weights_hash"):
+    if stored and meta["weights_hash"] != stored.get("weights_hash"):
         logging.getLogger("sdlab").warning("the model's weights differ from the recipe's")
-    if latents_path:
-        write_latents(result.latents, latents_path)
-    images = list(enumerate(result.images))
-    if index is not None:  # a rerun of one image of a batch keeps just that image
-        images = [(index, result.images[index])]
+    written = [write_latents(result.latents, latents_path)] if latents_path else []
+    written += progression.write(result, meta)
+    index = stored.get("index", 0) if stored else None
+    # a rerun of one image of a batch keeps just that image
+    images = [(index, result.images[index])] if index is not None else enumerate(result.images)
     for i, image in images:
         path = out_path if index is not None else numbered(out_path, i, params.batch)
-        save_png(image, path, {**meta, "index": i})
-        if not quiet:
-            click.echo(str(path))
+        written.append(save_png(image, path, {**meta, "index": i}))
+    if not quiet:
+        click.echo("\n".join(str(p) for p in written))
 
 
 def _params_from(stored: dict[str, Any], png: str) -> GenerateParams:
+    params = stored.get("params", {})
+    cls = Img2ImgParams if "image" in params else GenerateParams
     try:
-        return GenerateParams(**stored["params"])
-    except (KeyError, TypeError) as err:
+        return cls(**params)
+    except TypeError as err:
         raise SdlabError(f"the recipe in {png} does not fit this sdlab version: {err}") from err
 
 
-def _check_size(params: GenerateParams, folder: Path) -> None:
+def _check_size(params: GenerateParams, folder: Path) -> int:
     """Check height/width against the VAE factor from the config, before loading weights."""
-    vae_config = read_configs(folder)["vae"]
-    check_params(params, 2 ** (len(vae_config["block_out_channels"]) - 1))
+    factor = 2 ** (len(read_configs(folder)["vae"]["block_out_channels"]) - 1)
+    check_params(params, factor)
+    return factor
 
 
 @main.command("demo")

@@ -15,17 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from sdlab.errors import SdlabError
 from sdlab.generate import GenerateParams, check_params, generate
 from sdlab.models import default_model, load, load_tokenizer, read_configs, resolve
-from sdlab.outputs import atomic_write, check_writable
+from sdlab.outputs import check_writable
 from sdlab.schedule import SCHEDULERS
 from sdlab.surgery import interpolation_mixes, parse_mix
 from sdlab.text import embedding_report, token_rows
+from sdlab.trace import write_video
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -148,28 +147,9 @@ def interpolate_cmd(prompt_a: str, prompt_b: str, frames: int, out: str, fps: in
     images = [generate(parts, replace(base, mix=mix)).images[0]
               for mix in tqdm(mixes, desc="frames", unit="frame", disable=quiet,
                               file=sys.stderr, leave=False)]
-    write_mp4(images, out_path, fps)
+    write_video(images, out_path, fps)
     if not quiet:
         click.echo(str(out_path))
-
-
-def write_mp4(images: list[Image.Image], path: Path, fps: int) -> Path:
-    """H.264 MP4 (yuv420p, so even sides), one frame per image, through imageio-ffmpeg's
-    bundled ffmpeg; written to a temporary file and renamed, like every sdlab output."""
-    import imageio_ffmpeg
-
-    def write(tmp: Path) -> None:
-        # the temporary name does not end in .mp4, so name the container for ffmpeg
-        frames = imageio_ffmpeg.write_frames(str(tmp), images[0].size, fps=fps,
-                                             codec="libx264", macro_block_size=2,
-                                             output_params=["-f", "mp4"],
-                                             ffmpeg_log_level="error")
-        frames.send(None)
-        for image in images:
-            frames.send(np.ascontiguousarray(np.asarray(image.convert("RGB"))))
-        frames.close()
-
-    return atomic_write(path, write)
 
 
 COMMANDS = (tokens_cmd, embed_cmd, interpolate_cmd)

@@ -87,6 +87,18 @@ def resolve(model: str | os.PathLike[str]) -> Path:
     )
 
 
+def resolve_clip(model: str) -> Path:
+    """A transformers CLIPModel folder, or a cached hub id (e.g. openai/clip-vit-large-patch14)."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        if not _HUB_ID.match(model):
+            raise SdlabError(f"CLIP model not found: {model} (give a folder or a cached hub id)")
+        path = _from_hf_cache(model)
+    if not (path / "config.json").is_file():
+        raise SdlabError(f"{path} is not a CLIP model folder (no config.json)")
+    return path
+
+
 def _from_hf_cache(repo_id: str) -> Path:
     """Find a hub id's snapshot in the local cache (HF_HOME / HF_HUB_CACHE); no network."""
     from huggingface_hub import snapshot_download

@@ -58,13 +58,14 @@ class VideoFrames:
 
 
 def write_video(frames: list[Image.Image], path: str | Path, fps: int = 8) -> Path:
-    """MP4 (H.264 via the ffmpeg inside imageio-ffmpeg), written atomically."""
+    """MP4 (H.264, yuv420p: sides padded to even) via the ffmpeg inside imageio-ffmpeg,
+    written atomically."""
     if not frames:
         raise SdlabError("no frames to write")
 
     def write(tmp: Path) -> None:
         with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8,
-                                macro_block_size=1, ffmpeg_log_level="error") as writer:
+                                macro_block_size=2, ffmpeg_log_level="error") as writer:
             for frame in frames:
                 writer.append_data(np.asarray(frame.convert("RGB")))
 
