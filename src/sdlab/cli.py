@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 import sdlab
 from sdlab.cli_common import guard as _guard
 from sdlab.cli_image import noise_cmd, schedule_cmd, vae_group
-from sdlab.cli_run import Progression, run_options
+from sdlab.cli_run import Progression, run_options, trace_group
 from sdlab.cli_text import COMMANDS as TEXT_COMMANDS
 from sdlab.cli_text import text_settings
 from sdlab.errors import SdlabError
@@ -181,7 +181,7 @@ def _register_optional() -> None:
 
 
 _register_optional()
-for _command in (vae_group, schedule_cmd, noise_cmd):  # sdlab.cli_image
+for _command in (vae_group, schedule_cmd, noise_cmd, trace_group):  # cli_image, cli_run
     main.add_command(_command)
 for _command in TEXT_COMMANDS:  # tokens, embed, interpolate (sdlab.cli_text)
     _command.callback = _guard(_command.callback)

@@ -9,13 +9,23 @@ from typing import Any
 
 import click
 
-from sdlab.cli_common import model_option
+from sdlab.cli_common import guard, model_option
 from sdlab.cli_text import text_edit_options
 from sdlab.generate import Generation
-from sdlab.models import Parts
-from sdlab.outputs import check_writable
+from sdlab.models import Parts, default_model, load
+from sdlab.outputs import atomic_write, check_writable
 from sdlab.schedule import SCHEDULERS
-from sdlab.trace import VIDEO_DECODERS, VideoFrames, decoder_for, save_trace, to_trace, write_video
+from sdlab.trace import (
+    VIDEO_DECODERS,
+    VideoFrames,
+    decoder_for,
+    load_trace,
+    progression_frame,
+    save_trace,
+    to_trace,
+    write_video,
+)
+from sdlab.viz import trace_plots
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -95,3 +105,36 @@ class Progression:
             trace = to_trace(result.records, {**meta, "losses": result.losses})
             written.append(save_trace(trace, self.trace))
         return written
+
+
+@click.group("trace")
+def trace_group() -> None:
+    """Traces: every step of a run, saved with --trace."""
+
+
+@trace_group.command("show")
+@click.argument("trace_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for the frames and plots.")
+@click.option("--model", help="Model for decoding (default: the one the trace names).")
+@click.option("--decoder", type=click.Choice(VIDEO_DECODERS), default="approx",
+              show_default=True)
+@click.option("--video", type=click.Path(dir_okay=False), help="Also write the frames as MP4.")
+@guard
+def trace_show(trace_file: str, out: str, model: str | None, decoder: str,
+               video: str | None) -> None:
+    """Frames (latents | predicted x0 per step) and plots from a saved trace."""
+    video_path = check_writable(video, ".mp4") if video else None
+    trace = load_trace(trace_file)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = load(model or trace.meta.get("model") or default_model())
+    decode = decoder_for(parts, decoder)
+    frames = [progression_frame(decode, trace.record(k)) for k in range(trace.steps)]
+    written = [atomic_write(folder / f"frame-{k:03d}.png",
+                            lambda tmp, f=frame: f.save(tmp, format="PNG"))
+               for k, frame in enumerate(frames)]
+    written += trace_plots(trace, folder)
+    if video_path:
+        written.append(write_video(frames, video_path))
+    click.echo("\n".join(str(p) for p in written))

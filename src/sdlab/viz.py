@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from sdlab.outputs import atomic_write  # noqa: E402
+from sdlab.trace import Trace  # noqa: E402
 
 
 def plot_schedule(rows: list[tuple[int, float, float]], title: str, path: str | Path) -> Path:
@@ -25,10 +26,31 @@ def plot_schedule(rows: list[tuple[int, float, float]], title: str, path: str | 
     return save_figure(fig, path)
 
 
-def plot_curve(values: list[float], xlabel: str, ylabel: str, path: str | Path) -> Path:
+def trace_plots(trace: Trace, folder: Path) -> list[Path]:
+    """sigma per step, the spread of the latents and of the predicted x0, and each guide's
+    loss curve."""
+    steps = trace.tensors["i"].tolist()
+    written = [plot_series(steps, {"sigma": trace.tensors["sigma"].tolist()}, "sigma",
+                           folder / "sigma.png")]
+    spread = {name: trace.tensors[name].flatten(1).std(dim=1).tolist()
+              for name in ("latents", "x0_pred") if name in trace.tensors}
+    written.append(plot_series(steps, spread, "std", folder / "spread.png"))
+    for name, points in trace.meta.get("losses", {}).items():
+        if points:
+            safe = "".join(c if c.isalnum() else "-" for c in name)
+            written.append(plot_series([p[0] for p in points], {name: [p[1] for p in points]},
+                                       "loss", folder / f"loss-{safe}.png"))
+    return written
+
+
+def plot_series(x: list[int], series: dict[str, list[float]], ylabel: str,
+                path: str | Path) -> Path:
+    """Lines against the step index."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(range(len(values)), values, marker="o")
-    ax.set(xlabel=xlabel, ylabel=ylabel)
+    for name, values in series.items():
+        ax.plot(x, values, marker="o", label=name)
+    ax.set(xlabel="step i", ylabel=ylabel)
+    ax.legend()
     fig.tight_layout()
     return save_figure(fig, path)
 
