@@ -1,8 +1,8 @@
-"""`make demo`: a few images from the default model, written into a folder."""
+"""`make demo`: a few images from the default model, written into a folder, each read back
+by the bundled model's judge when that model is the one used."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from sdlab.generate import GenerateParams, generate
@@ -10,31 +10,49 @@ from sdlab.models import BUNDLED_DIR, BUNDLED_NAME, load
 from sdlab.outputs import recipe, save_png
 from sdlab.random_models import build_random_model
 
-log = logging.getLogger(__name__)
-
-PROMPTS = (
-    "a red circle on a white background",
-    "a large blue square on a yellow background",
-    "a small green triangle, top left, black background",
-    "a purple star in the center, orange background",
-)
+# prompt -> what it asks for, in the judge's attributes
+PROMPTS: dict[str, dict[str, str]] = {
+    "a red circle on a white background":
+        {"color": "red", "shape": "circle", "background": "white"},
+    "a large blue square on a yellow background":
+        {"color": "blue", "shape": "square", "background": "yellow", "size": "large"},
+    "a small green triangle at the top, black background":
+        {"color": "green", "shape": "triangle", "background": "black", "position": "top"},
+    "an orange star on the left of a purple background":
+        {"color": "orange", "shape": "star", "background": "purple", "position": "left"},
+    "a red star on a blue background (a colour and shape never seen together in training)":
+        {"color": "red", "shape": "star", "background": "blue"},
+}
 
 
 def run_demo(out: Path, model: str | None = None) -> list[tuple[Path, str]]:
     """Generate the demo prompts; returns (path, note) per image."""
     out.mkdir(parents=True, exist_ok=True)
-    note = ""
+    random_note = ""
     if model is None and (BUNDLED_DIR / "model_index.json").is_file():
         model = BUNDLED_NAME
     elif model is None:
         model = str(build_random_model(out / "random-model", "tiny"))
-        note = "(random weights: the bundled model is not installed, so this is noise)"
+        random_note = "(random weights: the bundled model is not installed, so this is noise)"
     parts = load(model)
     results = []
-    for k, prompt in enumerate(PROMPTS):
-        params = GenerateParams(prompt, seed=k)
+    for k, (prompt, wanted) in enumerate(PROMPTS.items()):
+        params = GenerateParams(prompt.split(" (")[0], seed=k)
         image = generate(parts, params).images[0]
-        meta = recipe(model, parts.folder, params.to_dict())
-        path = save_png(image, out / f"demo-{k}.png", meta)
-        results.append((path, f"{prompt} {note}".strip()))
+        path = save_png(image, out / f"demo-{k}.png", recipe(model, parts.folder,
+                                                              params.to_dict()))
+        note = random_note or _verdict(model, image, wanted)
+        results.append((path, f"{prompt}  {note}".strip()))
     return results
+
+
+def _verdict(model: str, image: object, wanted: dict[str, str]) -> str:
+    """The judge's reading of an image of the bundled model's world."""
+    if model != BUNDLED_NAME:
+        return ""
+    from sdlab.tiny.judge import judge, score
+
+    reading = judge(image)
+    ok = score(reading, wanted)
+    marks = ", ".join(f"{k}={getattr(reading, k)}{'' if ok[k] else ' (wrong)'}" for k in wanted)
+    return f"-> judge: {marks}"
