@@ -154,3 +154,33 @@ def test_img2img_cli_refuses_both_settings(tiny_folder: Path, tmp_path: Path) ->
                                        str(tiny_folder), "--strength", "0.5", "--start-step",
                                        "3"])
     assert result.exit_code == 1 and "not both" in result.output
+
+
+def test_clip_guidance_with_a_clip_model_folder(tiny: Parts, tmp_path: Path) -> None:
+    """`--clip-model` takes any transformers CLIPModel folder (real CLIP in the HF cache works
+    the same way); the guide pulls the image towards the text in that model's space."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from sdlab.clip_guidance import clip_for
+
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=37,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=32, patch_size=8),
+        projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(tmp_path / "clip")
+    tiny.tokenizer.save_pretrained(tmp_path / "clip")
+    scorer = clip_for(tiny, str(tmp_path / "clip"))
+    assert scorer is not None and scorer.image_size == 32
+    params = GenerateParams("a cat", steps=4, guide=('clip:"a green star":50',), guide_every=1,
+                            guide_decoder="approx", clip_model=str(tmp_path / "clip"))
+    result = generate(tiny, params)
+    losses = [loss for _, loss in result.losses['clip:"a green star"']]
+    assert len(losses) == 4 and all(0 <= v <= 2 for v in losses)
+    images = torch.rand(2, 3, 64, 64, requires_grad=True)
+    loss = scorer.loss("a green star")(images)
+    (grad,) = torch.autograd.grad(loss, images)
+    assert grad.abs().sum() > 0

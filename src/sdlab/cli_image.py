@@ -110,6 +110,9 @@ def schedule_cmd(model: str | None, scheduler: str, steps: int, plot: str | None
     click.echo(f"{'i':>3} {'t':>9} {'sigma':>9}")
     for i, t, sigma in rows:
         click.echo(f"{i:>3} {t:>9.2f} {sigma:>9.4f}")
+    sigmas = getattr(sched, "sigmas", None)
+    if sigmas is not None and len(sigmas) > len(rows):  # where the last step lands
+        click.echo(f"{'end':>3} {'':>9} {float(sigmas[-1]):>9.4f}")
     if plot_path:
         plot_schedule(rows, f"{scheduler}, {steps} steps", plot_path)
         click.echo(str(plot_path))

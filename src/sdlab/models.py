@@ -196,7 +196,7 @@ def load(model: str | os.PathLike[str], device: str | torch.device = "cpu",
     device = pick_device(device) if isinstance(device, str) else device
     dtype = dtype or default_dtype(device)
     scheduler_config = read_configs(folder)["scheduler"]
-    _quiet_libraries()
+    quiet_libraries()
     try:
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype,
@@ -214,7 +214,7 @@ def load(model: str | os.PathLike[str], device: str | torch.device = "cpu",
                  device, dtype)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Loading bars and advice from transformers/diffusers are noise in a CLI's output."""
     import diffusers
     import transformers

@@ -15,6 +15,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from sdlab.models import quiet_libraries
 from sdlab.schedule import SD1_SCHEDULER_CONFIG
 
 TOKENIZER_DIR = Path(__file__).parent / "assets" / "clip_tokenizer"
@@ -47,6 +48,7 @@ def build_random_model(folder: str | Path, shape: str = "tiny", seed: int = 0,
     """Write a random-weight SD model (diffusers layout, safetensors) to `folder`."""
     folder = Path(folder)
     spec = SHAPES[shape]
+    quiet_libraries()
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
