@@ -137,3 +137,11 @@ def test_no_model_and_no_bundled_model(monkeypatch: pytest.MonkeyPatch, tmp_path
     result = run("generate", "x")
     assert result.exit_code == 1
     assert "pass --model" in result.output
+
+
+def test_unavailable_device_is_one_line(tiny_folder: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run("generate", "x", "--model", str(tiny_folder), "--device", "cuda")
+    assert result.exit_code == 1
+    assert "torch sees no CUDA GPU (try --device cpu)" in result.output
