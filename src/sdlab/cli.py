@@ -25,8 +25,6 @@ from sdlab.outputs import check_writable, numbered, read_png_meta, recipe, save_
 from sdlab.outputs import save_latents as write_latents
 from sdlab.sampler import StepRecord
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
 
 class Progress:
     """A tqdm bar over the loop's steps, as a sampler callback."""

@@ -24,5 +24,7 @@ def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
 model_option = click.option(
     "--model", help="diffusers folder, cached hub id, or 'sdlab-tiny' (the default).")

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from sdlab.cli_common import guard, model_option
+from sdlab.cli_common import DEVICES, guard, model_option
 from sdlab.cli_text import text_edit_options
 from sdlab.generate import Generation
 from sdlab.models import Parts, default_model, load
@@ -26,8 +26,6 @@ from sdlab.trace import (
     write_video,
 )
 from sdlab.viz import trace_plots
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def _apply(fn: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import click
 from tqdm.auto import tqdm
 
+from sdlab.cli_common import DEVICES, model_option
 from sdlab.errors import SdlabError
 from sdlab.generate import GenerateParams, check_params, generate
 from sdlab.models import default_model, load, load_tokenizer, read_configs, resolve
@@ -25,8 +26,6 @@ from sdlab.schedule import SCHEDULERS
 from sdlab.surgery import interpolation_mixes, parse_mix
 from sdlab.text import embedding_report, token_rows
 from sdlab.trace import write_video
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def text_edit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -85,7 +84,7 @@ def tokens_cmd(prompt: str, model: str | None) -> None:
 
 @click.command("embed")
 @click.argument("prompt")
-@click.option("--model", help="diffusers folder, cached hub id, or 'sdlab-tiny' (default).")
+@model_option
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 def embed_cmd(prompt: str, model: str | None, device: str) -> None:
     """Token + position embeddings, their sum, the encoder output, and the by-hand encoder's
@@ -119,7 +118,7 @@ def embed_cmd(prompt: str, model: str | None, device: str) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default="interpolation.mp4",
               show_default=True)
 @click.option("--fps", type=int, default=4, show_default=True)
-@click.option("--model", help="diffusers folder, cached hub id, or 'sdlab-tiny' (default).")
+@model_option
 @click.option("--negative", default="", show_default=True)
 @click.option("--steps", type=int, default=30, show_default=True)
 @click.option("--guidance", type=float, default=7.5, show_default=True)
