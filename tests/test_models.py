@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sdlab.errors import SdlabError
-from sdlab.models import load, resolve, weights_hash
+from sdlab.models import Parts, load, resolve, weights_hash
 
 
 @pytest.fixture()
@@ -134,3 +135,24 @@ def test_weights_hash_is_cached(model_copy: Path) -> None:
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
     assert weights_hash(model_copy) != first
+
+
+def test_fp16_variant_only_folder(tiny: Parts, tmp_path: Path) -> None:
+    """A cache that holds only `variant="fp16"` files (as `hf download --include *fp16*`
+    leaves it) loads, and gives the same model up to fp16 rounding."""
+    from sdlab.random_models import build_random_model
+
+    folder = build_random_model(tmp_path / "m", "tiny", seed=0)
+    original = load(folder)
+    for name in ("text_encoder", "vae", "unet"):
+        module = getattr(original, name)
+        for f in (folder / name).glob("*.safetensors"):
+            f.unlink()
+        module.half().save_pretrained(folder / name, variant="fp16", safe_serialization=True)
+    names = sorted(f.name for f in (folder / "unet").iterdir())
+    assert names == ["config.json", "diffusion_pytorch_model.fp16.safetensors"]
+    parts = load(folder)
+    assert parts.unet.dtype == torch.float32
+    weight = parts.unet.conv_in.weight
+    torch.testing.assert_close(weight, tiny.unet.conv_in.weight, atol=1e-3, rtol=1e-3)
+    assert len(weights_hash(folder)) == 16

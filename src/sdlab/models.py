@@ -155,7 +155,16 @@ def _read_json(file: Path) -> dict[str, Any]:
 
 
 def _weight_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.safetensors"))
+    """The safetensors files a component loads: the full-precision ones, or else (a cache
+    that holds only `variant="fp16"`) the `*.fp16*.safetensors` ones."""
+    files = sorted(folder.glob("*.safetensors"))
+    plain = [f for f in files if ".fp16" not in f.name]
+    return plain or files
+
+
+def _variant(folder: Path) -> str | None:
+    files = _weight_files(folder)
+    return "fp16" if files and all(".fp16" in f.name for f in files) else None
 
 
 def read_configs(folder: Path) -> dict[str, dict[str, Any]]:
@@ -199,12 +208,14 @@ def load(model: str | os.PathLike[str], device: str | torch.device = "cpu",
     quiet_libraries()
     try:
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype,
-                                                     use_safetensors=True)
+        text_encoder = CLIPTextModel.from_pretrained(
+            folder / "text_encoder", dtype=dtype, use_safetensors=True,
+            variant=_variant(folder / "text_encoder"))
         vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype,
-                                            use_safetensors=True)
+                                            use_safetensors=True, variant=_variant(folder / "vae"))
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype,
-                                                    use_safetensors=True)
+                                                    use_safetensors=True,
+                                                    variant=_variant(folder / "unet"))
     except Exception as err:  # every library failure becomes one line
         raise SdlabError(f"cannot load {folder}: {_one_line(err)} (corrupt or truncated "
                          f"weights? re-copy the model folder)") from err
