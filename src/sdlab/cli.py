@@ -24,6 +24,7 @@ from sdlab.models import default_model, load, read_configs, resolve
 from sdlab.outputs import check_writable, numbered, read_png_meta, recipe, save_png
 from sdlab.outputs import save_latents as write_latents
 from sdlab.sampler import StepRecord
+from sdlab.tiny.cli import train_tiny
 
 
 class Progress:
@@ -170,15 +171,7 @@ def demo_cmd(out: str, model: str | None) -> None:
         click.echo(f"{path}  {note}")
 
 
-def _register_optional() -> None:
-    try:
-        from sdlab.tiny.cli import train_tiny
-    except ImportError:
-        return
-    main.add_command(train_tiny)
-
-
-_register_optional()
+main.add_command(train_tiny)
 for _command in (vae_group, schedule_cmd, noise_cmd, trace_group):  # cli_image, cli_run
     main.add_command(_command)
 for _command in TEXT_COMMANDS:  # tokens, embed, interpolate (sdlab.cli_text)

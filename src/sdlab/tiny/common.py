@@ -26,13 +26,19 @@ class VaeConfig:
     block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
     layers_per_block: int = 1
     norm_num_groups: int = 8
-    steps: int = 3000
+    steps: int = 1000
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 7e-4
     warmup: int = 100
     kl_weight: float = 1e-6
+    logvar_init: float = -8.0  # posterior std starts at 0.02: noise must not drown detail
     l1_weight: float = 0.1
     eval_every: int = 250
+    # second phase: the decoder alone, on the frozen encoder's posterior means (it can
+    # run beside the UNet stage, which only needs the encoder)
+    decoder_steps: int = 3000
+    decoder_lr: float = 3e-4
+    decoder_warmup: int = 50
 
 
 @dataclass
@@ -43,12 +49,13 @@ class ClipConfig:
     vision_hidden_size: int = 64
     vision_layers: int = 4
     projection_dim: int = 64
-    text_len: int = 32  # captions are padded to this while training (all fit)
-    steps: int = 2000
+    text_len: int = 24  # captions are padded to this while training (all fit)
+    steps: int = 1600
     batch_size: int = 128  # half base scenes, half siblings differing in one attribute
     lr: float = 1e-3
-    warmup: int = 100
+    warmup: int = 50
     weight_decay: float = 0.05
+    attr_weight: float = 1.0  # weight of the attribute read-out loss (see AttributeHeads)
 
 
 @dataclass
@@ -57,7 +64,7 @@ class UnetConfig:
     layers_per_block: int = 1
     attention_head_dim: int = 8
     pool_size: int = 40000
-    steps: int = 3600
+    steps: int = 3400
     batch_size: int = 64
     lr: float = 6e-4
     warmup: int = 200
@@ -70,6 +77,7 @@ class UnetConfig:
 class TinyConfig:
     seed: int = 0
     threads: int = 1
+    parallel: bool = True  # run independent stages in two processes (VAE|CLIP, UNet|decoder)
     vae: VaeConfig = field(default_factory=VaeConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     unet: UnetConfig = field(default_factory=UnetConfig)
@@ -79,16 +87,18 @@ class TinyConfig:
         """Tiny sizes and a few steps: runs in seconds, for tests."""
         return cls(
             seed=seed,
+            parallel=False,
             vae=VaeConfig(
-                block_out_channels=(8, 8, 16, 16), norm_num_groups=4, steps=30,
-                batch_size=8, lr=3e-3, warmup=5, eval_every=15,
+                block_out_channels=(8, 8, 16, 16), norm_num_groups=4, steps=25,
+                batch_size=8, lr=3e-3, warmup=5, eval_every=25, decoder_steps=20,
+                decoder_lr=1e-3, decoder_warmup=2,
             ),
             clip=ClipConfig(
                 hidden_size=32, layers=1, heads=2, vision_hidden_size=32, vision_layers=1,
-                projection_dim=32, steps=30, batch_size=32, lr=2e-3, warmup=5,
+                projection_dim=32, steps=25, batch_size=32, lr=2e-3, warmup=5,
             ),
             unet=UnetConfig(
-                block_out_channels=(32, 32), attention_head_dim=8, pool_size=256, steps=40,
+                block_out_channels=(32, 32), attention_head_dim=8, pool_size=128, steps=30,
                 batch_size=32, lr=2e-3, warmup=5,
             ),
         )  # fmt: skip
@@ -160,7 +170,8 @@ def save_checkpoint(path: Path, step: int, model: torch.nn.Module, opt: torch.op
     path.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     for name, mod in (extra or {}).items():
-        tensors.update({f"{name}.{k}": v.detach().contiguous() for k, v in mod.state_dict().items()})
+        for k, v in mod.state_dict().items():
+            tensors[f"{name}.{k}"] = v.detach().contiguous()
     save_file(tensors, str(path / "weights.tmp"))
     torch.save({"step": step, "opt": opt.state_dict()}, path / "state.tmp")
     (path / "weights.tmp").replace(path / "weights.safetensors")

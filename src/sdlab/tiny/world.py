@@ -215,7 +215,16 @@ _TEMPLATES = [
 
 def caption(scene: Scene, rng: np.random.Generator) -> str:
     """A training caption for the scene, from a randomly chosen template and wording."""
+    return caption_and_mentions(scene, rng)[0]
+
+
+def caption_and_mentions(scene: Scene, rng: np.random.Generator) -> tuple[str, frozenset[str]]:
+    """A caption and the attributes it names (some templates leave out size/position/bg)."""
     template = _TEMPLATES[rng.integers(len(_TEMPLATES))]
+    mentions = {"shape", "color"}
+    mentions |= {"size"} if "{size}" in template else set()
+    mentions |= {"position"} if "{pos_" in template else set()
+    mentions |= {"background"} if "{bg}" in template else set()
 
     def pick(options: list[str]) -> str:
         return options[rng.integers(len(options))]
@@ -229,7 +238,7 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
         pos_phrase=pick(_POSITION_PHRASES[scene.position]),
         pos_word=pick(_POSITION_WORDS[scene.position]),
     )
-    return text.replace("a orange", "an orange")
+    return text.replace("a orange", "an orange"), frozenset(mentions)
 
 
 def make_dataset(

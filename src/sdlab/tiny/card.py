@@ -1,0 +1,276 @@
+"""The model card (README.md) of sdlab-tiny, written from the saved folder, the training
+logs and benchmark.json, so its numbers are the measured ones.
+
+    python -m sdlab.tiny.card [FOLDER] [--workdir runs/tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPVisionModelWithProjection
+
+from sdlab.tiny import world
+from sdlab.tiny.benchmark import DEFAULT_FOLDER
+from sdlab.tiny.common import LossLog
+
+STAGES = {
+    "vae": "VAE (encoder + decoder)",
+    "clip": "tiny CLIP, contrastive + attribute read-out",
+    "unet": "UNet (incl. latent/text caches)",
+    "vae_decoder": "VAE decoder fine-tune",
+}
+
+
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _folder_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+
+
+def stage_minutes(workdir: Path) -> dict[str, float]:
+    """Wall minutes per stage from its loss log, summed over resumed runs (each restarts
+    the log's clock)."""
+    out = {}
+    for stage in STAGES:
+        minutes = stage_minutes_of(workdir / stage)
+        if minutes:
+            out[stage] = minutes
+    return out
+
+
+def stage_minutes_of(stage_dir: Path) -> float:
+    """Wall minutes of one stage folder's loss log (0 if none)."""
+    total, last = 0.0, 0.0
+    for rec in LossLog(stage_dir / "log.jsonl").read():
+        if rec["time"] < last:
+            total += last
+        last = rec["time"]
+    return (total + last) / 60.0
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def render_card(folder: Path, workdir: Path | None = None) -> str:
+    folder = Path(folder)
+    vae = AutoencoderKL.from_pretrained(folder / "vae")
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    text = CLIPTextModel.from_pretrained(folder / "text_encoder")
+    vision = CLIPVisionModelWithProjection.from_pretrained(folder / "clip")
+    bench_path = folder / "benchmark.json"
+    bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
+    tc, vc, uc = text.config, vision.config, unet.config
+    emb = tc.vocab_size * tc.hidden_size
+    lines = [
+        "---",
+        "library_name: diffusers",
+        "pipeline_tag: text-to-image",
+        "license: mit",
+        "---",
+        "",
+        "# sdlab-tiny",
+        "",
+        "A Stable Diffusion in miniature, trained from scratch by sdlab on a synthetic world "
+        "it draws itself, so that every sdlab command runs offline on a CPU in seconds and "
+        "its outputs can be checked for meaning (a red circle is red and round). Same "
+        "architecture family and folder layout as SD 1.x: CLIP text encoder, AutoencoderKL "
+        "with 8x downsampling and 4 latent channels, UNet2DConditionModel with "
+        "cross-attention, LMS scheduler with SD's betas. Load it with "
+        "`StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)`; "
+        "images are 64x64.",
+        "",
+        "## Data",
+        "",
+        f"One flat shape on a plain background, 64x64 RGB, drawn with PIL at 4x and "
+        f"box-downsampled (`sdlab/tiny/world.py`, deterministic from a seed). Shapes: "
+        f"{', '.join(world.SHAPES)}. Colours (shape and background, never equal): "
+        f"{', '.join(world.COLORS)}. Positions: {', '.join(world.POSITIONS)} "
+        f"(+-{world.POSITION_JITTER:g} px jitter). Sizes: small (radius "
+        f"{world.SIZES['small']:g} px), large ({world.SIZES['large']:g} px). Captions from "
+        "14 templates with varied wording (\"a small green triangle at the top, white "
+        "backdrop\", \"purple backdrop with a big white star on the left\", ...); 10% are "
+        "replaced by the empty caption for classifier-free guidance. Held out of all "
+        "training (never drawn as a captioned or uncaptioned training image): "
+        + ", ".join(f"{c} {s}" for c, s in sorted(world.HELD_OUT)) + ".",
+        "",
+        "## Architecture",
+        "",
+        "| part | class | parameters | notes |",
+        "|---|---|---|---|",
+        "| tokenizer | CLIPTokenizer | - | the real CLIP BPE, 49,408 tokens, 77 max |",
+        f"| text encoder | CLIPTextModel | {_params(text) / 1e6:.2f} M | hidden "
+        f"{tc.hidden_size}, {tc.num_hidden_layers} layers, {tc.num_attention_heads} heads; "
+        f"token table {tc.vocab_size}x{tc.hidden_size} = {emb / 1e6:.2f} M |",
+        f"| CLIP image tower (`clip/`) | CLIPVisionModelWithProjection | "
+        f"{_params(vision) / 1e6:.2f} M | ViT, patch {vc.patch_size}, hidden {vc.hidden_size}, "
+        f"{vc.num_hidden_layers} layers, projection {vc.projection_dim}; "
+        "text projection in `clip/text_projection.safetensors` |",
+        f"| VAE | AutoencoderKL | {_params(vae) / 1e6:.2f} M | channels "
+        f"{tuple(vae.config.block_out_channels)}, {vae.config.layers_per_block} layer/block, "
+        f"64x64x3 -> 8x8x4, scaling_factor {vae.config.scaling_factor:.4f} (1/std of "
+        "training latents) |",
+        f"| UNet | UNet2DConditionModel | {_params(unet) / 1e6:.2f} M | channels "
+        f"{tuple(uc.block_out_channels)}, {uc.layers_per_block} layer/block, cross-attention "
+        f"dim {uc.cross_attention_dim}, on 8x8x4 latents |",
+        "| scheduler | LMSDiscreteScheduler | - | scaled_linear 0.00085-0.012, 1000 steps, "
+        "epsilon |",
+        "",
+        f"Weights are stored as fp16 safetensors (loaded as fp32); the folder is "
+        f"{_folder_mb(folder):.1f} MB.",
+        "",
+        "## Training",
+        "",
+        "`sdlab train-tiny` (seeded, resumable; `--quick` for a seconds-long smoke run), "
+        "in SD's stages on this project's 2-core CPU, 1 torch thread per stage, two stages "
+        "side by side:",
+        "",
+        "1. VAE: fresh images every step (batch 16), MSE + 0.1 L1 + 1e-6 KL, AdamW with "
+        "warmup and cosine decay; the posterior log-variance starts at -8 so sampling noise "
+        "does not drown detail while nothing but reconstruction pulls it down.",
+        "2. Tiny CLIP, contrastive, beside the VAE (batch 128): half of each batch are "
+        "siblings of the other half differing in one attribute (hard negatives); plus an "
+        "attribute read-out loss (linear heads naming shape, colour, background, position "
+        "and size from the text and the image embeddings; training only, not shipped), "
+        "without which the text tower merged words the image tower could not yet use.",
+        "3. UNet on cached latents (posterior means x scaling factor) and cached "
+        "text-encoder states (77 tokens, as the pipeline computes them) of a 40,000-image "
+        "pool; SD's DDPM noise schedule, 10% empty captions, min-SNR (gamma 5) weighted "
+        "epsilon loss, EMA weights (0.999).",
+        "4. The VAE decoder alone on the frozen encoder's posterior means, beside the UNet "
+        "(the UNet only depends on the encoder).",
+        "",
+        "Run history of the shipped weights. They are not exactly what one fresh "
+        "`sdlab train-tiny` gives: the run was steered while it went, on a CPU shared with "
+        "other work. The VAE stages ran as the config says (1,000 joint steps, then 3,000 "
+        "decoder steps). The CLIP ran 1,600 steps of contrastive loss only (800, then "
+        "resumed to 1,600); a probe then showed that its text states for *left* and *right* "
+        "were nearly identical (mean token-state distance 0.57 against 4-7 for a change of "
+        "colour, shape, size or background), so the UNet could not learn position (judge: "
+        "10%, below chance). It was fine-tuned 300 + 500 steps with the attribute read-out "
+        "loss added (weight 1, then 3; lr 5e-4), which raised that distance to 1.67; the "
+        "config now trains CLIP with that loss from the start. The UNet first ran 2,268 "
+        "steps on the old text encoder; those weights were kept as the starting point and "
+        "it was trained 3,400 more steps (fresh optimizer and schedule; planned as 2,800 "
+        "and stretched to 3,400 at step 600) on the cached states of the final encoder.",
+        "",
+    ]
+    if workdir is not None:
+        minutes = stage_minutes(Path(workdir))
+        if minutes:
+            lines += ["| stage | wall minutes |", "|---|---|"]
+            lines += [f"| {STAGES[k]} | {v:.1f} |" for k, v in minutes.items()]
+            phase1 = stage_minutes_of(Path(workdir) / "unet_phase1")
+            if phase1:
+                lines.append(f"| UNet, first phase on the earlier text encoder | {phase1:.1f} |")
+            lines.append("")
+    lines += ["## Benchmark", ""]
+    if bench is None:
+        lines.append("Not run yet: `python -m sdlab.tiny.benchmark`.")
+    else:
+        g = bench["guidance_7.5"]
+        h = bench["guidance_7.5_held_out_pairs"]
+        lo = bench["guidance_1.0"]
+        same = bench["guidance_7.5_same_prompts_as_1.0"]
+        lines += [
+            f"{bench['prompts']} prompts worded unlike any training caption (e.g. \"a picture "
+            "of a large yellow star in the top of the frame, purple backdrop\"), "
+            f"{sum(1 for _ in range(int(round(bench['prompts'] * 0.2))))} of them on held-out "
+            "colour x shape pairs; fixed seeds, LMS, 30 steps; each image read back by the "
+            "deterministic judge (`sdlab/tiny/judge.py`, 100% on the world's own images). "
+            "`python -m sdlab.tiny.benchmark` reproduces it.",
+            "",
+            "| attribute | guidance 7.5 | held-out pairs (7.5) | guidance 1.0 | 7.5 on the same "
+            "prompts as 1.0 | 7.5, same scenes in training wording | guidance 3.0 | "
+            "held-out pairs (3.0) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        tw = bench.get("guidance_7.5_training_wording", {})
+        g3, h3 = bench.get("guidance_3.0", {}), bench.get("guidance_3.0_held_out_pairs", {})
+        for k in ("color", "background", "shape", "position", "size", "all"):
+            name = {"color": "shape colour", "all": "all five"}.get(k, k)
+            lines.append(f"| {name} | {_pct(g[k])} | {_pct(h[k])} | {_pct(lo[k])} | "
+                         f"{_pct(same[k])} | {_pct(tw[k]) if k in tw else '-'} | "
+                         f"{_pct(g3[k]) if k in g3 else '-'} | {_pct(h3[k]) if k in h3 else '-'} |")
+        by_t = bench.get("guidance_7.5_by_template", {})
+        if by_t:
+            lines += [
+                "",
+                "By benchmark template (guidance 7.5):",
+                "",
+                "| template | n | colour | background | shape | position | size |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for t, r in by_t.items():
+                lines.append(
+                    f"| `{t}` | {r['n']} | {_pct(r['color'])} | {_pct(r['background'])} | "
+                    f"{_pct(r['shape'])} | {_pct(r['position'])} | {_pct(r['size'])} |")
+        if "vae_roundtrip_judge" in bench:
+            v = bench["vae_roundtrip_judge"]
+            lines += [
+                "",
+                f"Ceiling set by the VAE: the judge on VAE round trips of the same "
+                f"{bench['prompts']} scenes, drawn exactly, reads " + ", ".join(
+                    f"{k} {_pct(v[k])}" for k in ("color", "background", "shape", "position",
+                                                  "size")) + ".",
+            ]
+        lines += [
+            "",
+            f"VAE round trip on unseen images: {bench['vae_psnr_db']:.2f} dB PSNR. "
+            f"One 64x64 image, 30 steps with guidance: {bench['seconds_per_image']:.2f} s "
+            f"on this CPU ({bench['torch_threads']} torch threads).",
+        ]
+    lines += [
+        "",
+        "## Known problems",
+        "",
+        "This model does not meet the project's bars (colour and background >= 90%, shape "
+        "and position >= 80% at guidance 7.5 on unseen wordings). What was measured:",
+        "",
+        "- Guidance 7.5 overshoots: backgrounds turn muddy and colours drift, and the scores "
+        "fall below guidance 1.0. With the training wording and guidance 2-3 the same "
+        "weights get background ~100% and colour ~90% on a 30-prompt probe; 7.5 collapses "
+        "them. Early in the UNet's training 7.5 was still fine; it degraded as training went.",
+        "- Shape is bounded by the VAE: its encoder (1,000 joint steps) keeps too little "
+        "shape detail in 8x8x4 latents, so small shapes come back as blobs (see the ceiling "
+        "above) even at ~29 dB PSNR. A longer joint VAE stage is the fix.",
+        "- Unseen wordings (colour after the shape, \"background {bg}\", filler words) cost "
+        "much more than the held-out colour x shape pairs do: the text encoder is a 4-layer "
+        "causal transformer trained on 14 templates.",
+        "- The UNet trained for ~5,700 steps in all (batch 64) on one CPU core; its loss "
+        "was still falling.",
+        "",
+        "## Limits",
+        "",
+        "It knows only its world: one shape, eight colours, five positions, two sizes, "
+        "64x64. Words outside the training captions have untrained embeddings and are "
+        "noise to it. It is for exercising and inspecting the SD machinery, not for art.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(folder: Path | str = DEFAULT_FOLDER,
+                     workdir: Path | str | None = None) -> Path:
+    path = Path(folder) / "README.md"
+    path.write_text(render_card(Path(folder), Path(workdir) if workdir else None))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", nargs="?", default=str(DEFAULT_FOLDER))
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args(argv)
+    write_model_card(args.folder, args.workdir)
+
+
+if __name__ == "__main__":
+    main()

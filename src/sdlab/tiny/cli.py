@@ -1,0 +1,37 @@
+"""`sdlab train-tiny`: train the bundled model from scratch (a thin shell over train.py)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from sdlab.tiny.common import TinyConfig
+
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "assets" / "sdlab-tiny"
+
+
+@click.command("train-tiny")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
+              show_default=True, help="Folder to write the diffusers model to.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("runs/tiny"), show_default=True,
+              help="Checkpoints, caches and loss logs (one folder per stage).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quick", is_flag=True, help="Tiny sizes and a few steps (seconds; for tests).")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue from the workdir's checkpoints and skip finished stages.")
+@click.option("--threads", type=int, default=None, help="torch threads (default 1).")
+def train_tiny(out: Path, workdir: Path, seed: int, quick: bool, resume: bool,
+               threads: int | None) -> None:
+    """Train sdlab-tiny (VAE, CLIP, UNet) on the synthetic world and save it to OUT."""
+    from sdlab.tiny.train import train_tiny as run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = TinyConfig.quick(seed) if quick else TinyConfig(seed=seed)
+    if threads:
+        config.threads = threads
+    result = run(out, workdir, config, resume=resume)
+    times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in result.seconds.items())
+    click.echo(f"saved {result.out} ({times})")

@@ -1,0 +1,116 @@
+"""Assemble the trained stages into a diffusers Stable Diffusion folder (sdlab-tiny).
+
+Layout: model_index.json, tokenizer/, text_encoder/, vae/, unet/, scheduler/ (LMS, SD's
+betas) as diffusers writes them, weights in fp16 safetensors; plus clip/, the CLIP image
+tower (CLIPVisionModelWithProjection) and the text projection, which together with
+text_encoder/ rebuild the whole tiny CLIP for scoring and CLIP guidance.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    LMSDiscreteScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from safetensors.torch import load_file, save_file
+from transformers import (
+    CLIPModel,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+)
+
+from sdlab.tiny.common import TOKENIZER_DIR
+
+
+def lms_scheduler() -> LMSDiscreteScheduler:
+    return LMSDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        beta_schedule="scaled_linear", prediction_type="epsilon", steps_offset=1,
+    )  # fmt: skip
+
+
+def text_encoder_from_clip(clip: CLIPModel) -> CLIPTextModel:
+    """The text tower of a CLIPModel as a standalone CLIPTextModel (SD's text encoder)."""
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_encoder.load_state_dict(clip.text_model.state_dict())
+    return text_encoder.eval()
+
+
+def vision_from_clip(clip: CLIPModel) -> CLIPVisionModelWithProjection:
+    vision = CLIPVisionModelWithProjection(clip.config.vision_config)
+    vision.vision_model.load_state_dict(clip.vision_model.state_dict())
+    vision.visual_projection.load_state_dict(clip.visual_projection.state_dict())
+    return vision.eval()
+
+
+def build_pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, unet: UNet2DConditionModel,
+                   tokenizer: CLIPTokenizer | None = None) -> StableDiffusionPipeline:
+    """An in-memory StableDiffusionPipeline (LMS, no safety checker) from the parts."""
+    tokenizer = tokenizer or CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    return StableDiffusionPipeline(
+        vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
+        scheduler=lms_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+
+
+def save_model(out: Path, vae: AutoencoderKL, clip: CLIPModel,
+               unet: UNet2DConditionModel) -> Path:
+    """Write the sdlab-tiny folder: the SD pipeline in fp16 safetensors plus clip/."""
+    out = Path(out)
+    text_encoder = text_encoder_from_clip(clip)
+    pipe = build_pipeline(vae, text_encoder, unet)
+    for sub in ("tokenizer", "text_encoder", "vae", "unet", "scheduler", "clip"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    pipe.to(torch.float32)
+    # The tokenizer is the project's CLIP vocabulary asset, byte for byte.
+    shutil.rmtree(out / "tokenizer")
+    shutil.copytree(TOKENIZER_DIR, out / "tokenizer")
+    vision = vision_from_clip(clip)
+    vision.to(torch.float16).save_pretrained(out / "clip", safe_serialization=True)
+    save_file(
+        {
+            "text_projection.weight": clip.text_projection.weight.detach().half().contiguous(),
+            "logit_scale": clip.logit_scale.detach().float().reshape(1).contiguous(),
+        },
+        str(out / "clip" / "text_projection.safetensors"),
+    )
+    # Stored in fp16 to stay small, but loaded as fp32 by default (transformers reads the
+    # dtype from config.json; diffusers models load as fp32 unless told otherwise).
+    for sub in ("text_encoder", "clip"):
+        path = out / sub / "config.json"
+        config = json.loads(path.read_text())
+        config["dtype"] = "float32"
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def load_clip(folder: Path) -> CLIPModel:
+    """Rebuild the whole tiny CLIP (fp32) from a saved folder's text_encoder/ and clip/."""
+    from transformers import CLIPConfig
+
+    folder = Path(folder)
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32)
+    vision = CLIPVisionModelWithProjection.from_pretrained(folder / "clip", dtype=torch.float32)
+    extra = load_file(str(folder / "clip" / "text_projection.safetensors"))
+    config = CLIPConfig(
+        text_config=text_encoder.config.to_dict(), vision_config=vision.config.to_dict(),
+        projection_dim=vision.config.projection_dim,
+    )  # fmt: skip
+    clip = CLIPModel(config)
+    clip.text_model.load_state_dict(text_encoder.state_dict())
+    clip.vision_model.load_state_dict(vision.vision_model.state_dict())
+    clip.visual_projection.load_state_dict(vision.visual_projection.state_dict())
+    with torch.no_grad():
+        clip.text_projection.weight.copy_(extra["text_projection.weight"].float())
+        clip.logit_scale.copy_(extra["logit_scale"].reshape(()))
+    return clip.eval()

@@ -1,0 +1,232 @@
+"""Stage 2: a tiny CLIP (transformers CLIPModel) trained contrastively on world images and
+captions, with the real CLIP tokenizer. Its text tower becomes the frozen text encoder.
+
+Half of each batch are "siblings" of the other half: the same scene with one attribute
+changed (colour, shape, background, position or size), so the words that tell scenes
+apart must be told apart by the encoder (hard negatives).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+)
+
+from sdlab.tiny import world
+from sdlab.tiny.common import (
+    TOKENIZER_DIR,
+    ClipConfig,
+    LossLog,
+    images_to_tensor,
+    load_checkpoint,
+    lr_at,
+    save_checkpoint,
+    step_rng,
+)
+
+log = logging.getLogger("sdlab.tiny.clip")
+STAGE_ID = 2
+CKPT_EVERY = 200
+BOS, EOS = 49406, 49407
+
+
+def load_tokenizer() -> CLIPTokenizer:
+    return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
+
+
+def build_clip(cfg: ClipConfig) -> CLIPModel:
+    text = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=4 * cfg.hidden_size,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=cfg.projection_dim,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=EOS,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=cfg.vision_hidden_size,
+        intermediate_size=4 * cfg.vision_hidden_size,
+        num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.heads,
+        image_size=world.IMAGE_SIZE,
+        patch_size=8,
+        hidden_act="quick_gelu",
+        projection_dim=cfg.projection_dim,
+    )
+    config = CLIPConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict(),
+        projection_dim=cfg.projection_dim,
+    )  # fmt: skip
+    return CLIPModel(config)
+
+
+_CHANGES = ("color", "shape", "background", "position", "size")
+
+
+def sibling(scene: world.Scene, rng: np.random.Generator) -> world.Scene:
+    """The same scene with one attribute changed (staying in the training split)."""
+    for _ in range(100):
+        attrs = scene.attributes
+        key = _CHANGES[rng.integers(len(_CHANGES))]
+        options = {
+            "color": world.COLOR_NAMES, "background": world.COLOR_NAMES,
+            "shape": world.SHAPES, "position": world.POSITION_NAMES, "size": world.SIZE_NAMES,
+        }[key]  # fmt: skip
+        attrs[key] = options[rng.integers(len(options))]
+        if attrs[key] == getattr(scene, key):
+            continue
+        if attrs["color"] == attrs["background"]:
+            continue
+        if world.is_held_out(attrs["color"], attrs["shape"]):
+            continue
+        return world.make_scene(rng=rng, **attrs)
+    return world.sample_scene(rng)
+
+
+@dataclass
+class ClipBatch:
+    images: np.ndarray  # (n, 64, 64, 3) uint8
+    captions: list[str]
+    scenes: list[world.Scene]
+    mentions: list[frozenset[str]]  # the attributes each caption names
+
+
+def clip_batch(rng: np.random.Generator, n: int) -> ClipBatch:
+    """n images and captions: n/2 random training scenes, then one sibling of each."""
+    base = [world.sample_scene(rng) for _ in range(n // 2)]
+    scenes = base + [sibling(s, rng) for s in base]
+    scenes += [world.sample_scene(rng) for _ in range(n - len(scenes))]
+    images = np.stack([world.render(s) for s in scenes])
+    texts = [world.caption_and_mentions(s, rng) for s in scenes]
+    return ClipBatch(images, [t for t, _ in texts], scenes, [m for _, m in texts])
+
+
+ATTRIBUTE_VALUES = {
+    "shape": world.SHAPES, "color": world.COLOR_NAMES, "background": world.COLOR_NAMES,
+    "position": world.POSITION_NAMES, "size": world.SIZE_NAMES,
+}  # fmt: skip
+
+
+class AttributeHeads(torch.nn.Module):
+    """Linear read-outs of every attribute from the text and image embeddings.
+
+    Contrastive loss alone let the text tower merge words the image tower could not yet
+    tell apart (left/right came out nearly identical): naming each attribute from the
+    text embedding keeps every word distinct, which is what the UNet's conditioning needs.
+    Used in training only; not shipped.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.text = torch.nn.ModuleDict(
+            {k: torch.nn.Linear(dim, len(v)) for k, v in ATTRIBUTE_VALUES.items()})
+        self.image = torch.nn.ModuleDict(
+            {k: torch.nn.Linear(dim, len(v)) for k, v in ATTRIBUTE_VALUES.items()})
+
+    def loss(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor,
+             batch: ClipBatch) -> torch.Tensor:
+        total = 0.0
+        for key, values in ATTRIBUTE_VALUES.items():
+            labels = torch.tensor([values.index(getattr(s, key)) for s in batch.scenes])
+            named = torch.tensor([key in m for m in batch.mentions])
+            text_labels = torch.where(named, labels, torch.full_like(labels, -100))
+            ce = torch.nn.functional.cross_entropy
+            total = total + ce(self.text[key](text_embeds), text_labels, ignore_index=-100)
+            total = total + ce(self.image[key](image_embeds), labels)
+        return total / (2 * len(ATTRIBUTE_VALUES))
+
+
+def tokenize(tokenizer: CLIPTokenizer, captions: list[str], length: int) -> torch.Tensor:
+    return tokenizer(
+        captions, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+@torch.no_grad()
+def retrieval_accuracy(model: CLIPModel, tokenizer: CLIPTokenizer, seed: int, n: int = 256,
+                       text_len: int = 24) -> float:
+    """Share of images whose own caption scores highest among n (a sanity metric)."""
+    batch = clip_batch(step_rng(seed, STAGE_ID, 10**8), n)
+    out = model(input_ids=tokenize(tokenizer, batch.captions, text_len),
+                pixel_values=images_to_tensor(batch.images))
+    return float((out.logits_per_image.argmax(1) == torch.arange(n)).float().mean())
+
+
+def clip_step(model: CLIPModel, heads: AttributeHeads, opt: torch.optim.Optimizer,
+              tokenizer: CLIPTokenizer, cfg: ClipConfig, batch: ClipBatch) -> dict[str, float]:
+    """One optimisation step: contrastive loss + attr_weight x attribute read-out loss."""
+    out = model(
+        input_ids=tokenize(tokenizer, batch.captions, cfg.text_len),
+        pixel_values=images_to_tensor(batch.images),
+        return_loss=True,
+    )
+    attr = heads.loss(out.text_embeds, out.image_embeds, batch)
+    loss = out.loss + cfg.attr_weight * attr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()), 1.0)
+    opt.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, 4.6052)  # at most 100, as in CLIP
+    return {"loss": loss.item(), "contrastive": out.loss.item(), "attributes": attr.item()}
+
+
+def train_clip(cfg: ClipConfig, seed: int, workdir: Path, resume: bool = True) -> CLIPModel:
+    """Train (or resume, or load when finished) the tiny CLIP."""
+    final = workdir / "final"
+    if resume and (final / "config.json").is_file():
+        log.info("clip: already trained, loading %s", final)
+        return CLIPModel.from_pretrained(final)
+    torch.manual_seed(seed)
+    tokenizer = load_tokenizer()
+    model = build_clip(cfg)
+    heads = AttributeHeads(cfg.projection_dim)
+    named = list(model.named_parameters()) + list(heads.named_parameters())
+    decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    extra = {"heads": heads}
+    start = load_checkpoint(workdir / "ckpt", model, opt, extra=extra) if resume else 0
+    losses = LossLog(workdir / "log.jsonl")
+    model.train()
+    bar = tqdm(range(start, cfg.steps), desc="clip", initial=start, total=cfg.steps)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+        values = clip_step(model, heads, opt, tokenizer, cfg,
+                           clip_batch(step_rng(seed, STAGE_ID, step), cfg.batch_size))
+        if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
+            model.eval()
+            values["retrieval"] = retrieval_accuracy(model, tokenizer, seed, text_len=cfg.text_len)
+            model.train()
+            log.info("clip step %d: loss %.4f retrieval@256 %.3f", step + 1, values["loss"],
+                     values["retrieval"])
+        losses.write(step, **values)
+        bar.set_postfix(loss=f"{values['loss']:.4f}")
+        if (step + 1) % CKPT_EVERY == 0:
+            save_checkpoint(workdir / "ckpt", step + 1, model, opt, extra=extra)
+    model.eval()
+    model.save_pretrained(final)
+    (final / "train_config.txt").write_text(repr(dataclasses.asdict(cfg)))
+    return model

@@ -1,0 +1,171 @@
+"""Stage 3: the denoiser (diffusers UNet2DConditionModel) on 8x8x4 latents, cross-attending
+to the frozen text encoder's last hidden states, with SD's noise schedule.
+
+The VAE and text encoder are frozen, so the latents of a pool of world images and the
+encoder states of their captions are computed once and cached (fp16): each training step
+is then only the UNet. ~10% of captions are replaced by "" for classifier-free guidance;
+the loss is min-SNR weighted (gamma 5); the weights saved are an EMA.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from sdlab.tiny import world
+from sdlab.tiny.common import (
+    LossLog,
+    UnetConfig,
+    images_to_tensor,
+    load_checkpoint,
+    lr_at,
+    save_checkpoint,
+    step_rng,
+)
+from sdlab.tiny.train_vae import encode_mean
+
+log = logging.getLogger("sdlab.tiny.unet")
+STAGE_ID = 3
+CKPT_EVERY = 200
+
+
+def ddpm_scheduler() -> DDPMScheduler:
+    """SD's training noise schedule."""
+    return DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False,
+    )  # fmt: skip
+
+
+def build_unet(cfg: UnetConfig, cross_attention_dim: int) -> UNet2DConditionModel:
+    n = len(cfg.block_out_channels)
+    return UNet2DConditionModel(
+        sample_size=world.IMAGE_SIZE // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=min(32, min(cfg.block_out_channels)),
+    )
+
+
+def pool_scenes(seed: int, n: int) -> tuple[list[world.Scene], list[str]]:
+    """The training pool's scenes and captions (cheap: no rendering)."""
+    rng = step_rng(seed, STAGE_ID, 10**8)
+    scenes = [world.sample_scene(rng) for _ in range(n)]
+    cap_rng = step_rng(seed, STAGE_ID, 10**8 + 1)
+    return scenes, [world.caption(s, cap_rng) for s in scenes]
+
+
+@torch.no_grad()
+def encode_text(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, captions: list[str],
+                batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+    """Last hidden states (N, 77, d) as SD's pipeline computes them (max_length padding)."""
+    out = []
+    for i in tqdm(range(0, len(captions), batch_size), desc="encode text", disable=not progress):
+        ids = tokenizer(
+            captions[i : i + batch_size], padding="max_length",
+            max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt",
+        ).input_ids  # fmt: skip
+        out.append(text_encoder(ids).last_hidden_state.half())
+    return torch.cat(out)
+
+
+def build_text_cache(path: Path, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                     seed: int, n: int) -> None:
+    _, captions = pool_scenes(seed, n)
+    states = encode_text(text_encoder, tokenizer, captions)
+    empty = encode_text(text_encoder, tokenizer, [""], progress=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"states": states.contiguous(), "empty": empty.contiguous()}, str(path))
+
+
+@torch.no_grad()
+def build_latent_cache(path: Path, vae: AutoencoderKL, seed: int, n: int,
+                       chunk: int = 2048) -> None:
+    """Scaled posterior means of the pool images, (N, 4, 8, 8) fp16."""
+    scenes, _ = pool_scenes(seed, n)
+    out = []
+    for i in tqdm(range(0, n, chunk), desc="encode images"):
+        images = np.stack([world.render(s) for s in scenes[i : i + chunk]])
+        out.append(encode_mean(vae, images_to_tensor(images)) * vae.config.scaling_factor)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"latents": torch.cat(out).half().contiguous()}, str(path))
+
+
+def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """min(SNR, gamma) / SNR per sample: epsilon-loss weights of Hang et al. 2023."""
+    ac = scheduler.alphas_cumprod[t]
+    snr = ac / (1.0 - ac)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextModel,
+               tokenizer: CLIPTokenizer, vae: AutoencoderKL,
+               resume: bool = True) -> UNet2DConditionModel:
+    """Train (or resume, or load when finished) the UNet; returns the EMA weights."""
+    final = workdir / "final"
+    if resume and (final / "config.json").is_file():
+        log.info("unet: already trained, loading %s", final)
+        return UNet2DConditionModel.from_pretrained(final)
+    text_path = workdir / "text_cache.safetensors"
+    latent_path = workdir / "latent_cache.safetensors"
+    if not (resume and text_path.is_file()):
+        build_text_cache(text_path, text_encoder, tokenizer, seed, cfg.pool_size)
+    if not (resume and latent_path.is_file()):
+        build_latent_cache(latent_path, vae, seed, cfg.pool_size)
+    text = load_file(str(text_path))
+    states, empty = text["states"], text["empty"]
+    latents = load_file(str(latent_path))["latents"]
+
+    torch.manual_seed(seed)
+    unet = build_unet(cfg, text_encoder.config.hidden_size)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
+    start = load_checkpoint(workdir / "ckpt", unet, opt, extra={"ema": ema}) if resume else 0
+    scheduler = ddpm_scheduler()
+    losses = LossLog(workdir / "log.jsonl")
+    unet.train()
+    bar = tqdm(range(start, cfg.steps), desc="unet", initial=start, total=cfg.steps)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+        rng = step_rng(seed, STAGE_ID, step)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        idx = torch.from_numpy(rng.integers(len(latents), size=cfg.batch_size))
+        x0 = latents[idx].float()  # (B, 4, 8, 8)
+        ctx = states[idx].float()  # (B, 77, d)
+        drop = torch.from_numpy(rng.random(cfg.batch_size) < cfg.uncond_prob)
+        ctx[drop] = empty.float()
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
+        noisy = scheduler.add_noise(x0, noise, t)
+        eps = unet(noisy, t, encoder_hidden_states=ctx).sample
+        per_sample = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
+        loss = (min_snr_weights(scheduler, t, cfg.snr_gamma) * per_sample).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()), 1.0 - decay)
+        losses.write(step, loss=loss.item(), mse=per_sample.mean().item())
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % CKPT_EVERY == 0:
+            save_checkpoint(workdir / "ckpt", step + 1, unet, opt, extra={"ema": ema})
+            log.info("unet step %d: loss %.4f", step + 1, loss.item())
+    ema.save_pretrained(final)
+    return ema

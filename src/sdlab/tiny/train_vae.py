@@ -1,0 +1,180 @@
+"""Stage 1: the autoencoder (diffusers AutoencoderKL, 64x64x3 <-> 8x8x4), as in SD.
+
+Trained on freshly drawn world images every step (no epochs, no overfitting) with
+MSE + a little L1 and a tiny KL term; its scaling_factor is 1/std of the training latents.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from tqdm.auto import tqdm
+
+from sdlab.tiny import world
+from sdlab.tiny.common import (
+    LossLog,
+    VaeConfig,
+    images_to_tensor,
+    load_checkpoint,
+    lr_at,
+    psnr,
+    random_images,
+    save_checkpoint,
+    step_rng,
+    tensor_to_images,
+)
+
+log = logging.getLogger("sdlab.tiny.vae")
+STAGE_ID = 1
+CKPT_EVERY = 200
+
+
+def build_vae(cfg: VaeConfig) -> AutoencoderKL:
+    n = len(cfg.block_out_channels)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=4,
+        norm_num_groups=cfg.norm_num_groups,
+        sample_size=world.IMAGE_SIZE,
+    )
+    # With a KL weight of ~1e-6 nothing pulls the posterior std down but reconstruction,
+    # which is slow: start it small (the logvar half of quant_conv's output).
+    with torch.no_grad():
+        vae.quant_conv.weight[4:].zero_()
+        vae.quant_conv.bias[4:].fill_(cfg.logvar_init)
+    return vae
+
+
+@torch.no_grad()
+def encode_mean(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Unscaled posterior means, (N, 4, H/8, W/8)."""
+    out = [vae.encode(images[i : i + batch_size]).latent_dist.mean for i in
+           range(0, len(images), batch_size)]  # fmt: skip
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def roundtrip_psnr(vae: AutoencoderKL, images, batch_size: int = 128) -> float:
+    """PSNR (dB) of decode(encode(x)) using the posterior mean, on uint8 images."""
+    x = images_to_tensor(images)
+    recs = []
+    for i in range(0, len(x), batch_size):
+        z = vae.encode(x[i : i + batch_size]).latent_dist.mean
+        recs.append(vae.decode(z).sample)
+    return psnr(images, tensor_to_images(torch.cat(recs)))
+
+
+def measure_scaling_factor(vae: AutoencoderKL, seed: int, n: int = 2048) -> float:
+    """1 / std of the latents of n training images, as SD's 0.18215 was chosen."""
+    images = random_images(step_rng(seed, STAGE_ID, 10**8), n)
+    z = encode_mean(vae, images_to_tensor(images))
+    return float(1.0 / z.std())
+
+
+def train_vae(cfg: VaeConfig, seed: int, workdir: Path, resume: bool = True) -> AutoencoderKL:
+    """Train (or resume, or load when finished) the VAE; returns it with scaling_factor set."""
+    final = workdir / "final"
+    if resume and (final / "config.json").is_file():
+        log.info("vae: already trained, loading %s", final)
+        return AutoencoderKL.from_pretrained(final)
+    torch.manual_seed(seed)
+    vae = build_vae(cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    start = load_checkpoint(workdir / "ckpt", vae, opt) if resume else 0
+    losses = LossLog(workdir / "log.jsonl")
+    eval_images = random_images(step_rng(seed, STAGE_ID, 10**8 + 1), 64, split="all")
+    gen = torch.Generator().manual_seed(seed)
+    vae.train()
+    bar = tqdm(range(start, cfg.steps), desc="vae", initial=start, total=cfg.steps)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+        x = images_to_tensor(random_images(step_rng(seed, STAGE_ID, step), cfg.batch_size))
+        posterior = vae.encode(x).latent_dist
+        rec = vae.decode(posterior.sample(generator=gen)).sample
+        mse = torch.nn.functional.mse_loss(rec, x)
+        l1 = (rec - x).abs().mean()
+        kl = posterior.kl().mean()
+        loss = mse + cfg.l1_weight * l1 + cfg.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        values = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item()}
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            vae.eval()
+            values["psnr"] = roundtrip_psnr(vae, eval_images)
+            vae.train()
+            log.info("vae step %d: loss %.5f psnr %.2f dB", step + 1, loss.item(), values["psnr"])
+        losses.write(step, **values)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % CKPT_EVERY == 0:
+            save_checkpoint(workdir / "ckpt", step + 1, vae, opt)
+    vae.eval()
+    scale = measure_scaling_factor(vae, seed)
+    vae.register_to_config(scaling_factor=scale)
+    log.info("vae: scaling_factor %.5f", scale)
+    vae.save_pretrained(final)
+    return vae
+
+
+def finetune_decoder(cfg: VaeConfig, seed: int, workdir: Path, vae: AutoencoderKL,
+                     resume: bool = True) -> AutoencoderKL:
+    """Train the decoder alone on the frozen encoder's posterior means (sharper edges).
+
+    The encoder, and so the latents the UNet learns and the scaling factor, stay as they
+    are: this stage can run beside the UNet's.
+    """
+    final = workdir / "final"
+    if resume and (final / "config.json").is_file():
+        log.info("vae decoder: already fine-tuned, loading %s", final)
+        return AutoencoderKL.from_pretrained(final)
+    decoder = [vae.post_quant_conv, vae.decoder]
+    vae.requires_grad_(False)
+    params = [p for m in decoder for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+    start = load_checkpoint(workdir / "ckpt", vae, opt) if resume else 0
+    losses = LossLog(workdir / "log.jsonl")
+    eval_images = random_images(step_rng(seed, STAGE_ID, 10**8 + 1), 64, split="all")
+    vae.eval()
+    for m in decoder:
+        m.train()
+    bar = tqdm(range(start, cfg.decoder_steps), desc="vae decoder", initial=start,
+               total=cfg.decoder_steps)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.decoder_steps, cfg.decoder_lr, cfg.decoder_warmup)
+        x = images_to_tensor(random_images(step_rng(seed, STAGE_ID + 10, step), cfg.batch_size))
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        rec = vae.decode(z).sample
+        mse = torch.nn.functional.mse_loss(rec, x)
+        loss = mse + cfg.l1_weight * (rec - x).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        values = {"loss": loss.item(), "mse": mse.item()}
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.decoder_steps:
+            vae.eval()
+            values["psnr"] = roundtrip_psnr(vae, eval_images)
+            for m in decoder:
+                m.train()
+            log.info("vae decoder step %d: psnr %.2f dB", step + 1, values["psnr"])
+        losses.write(step, **values)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % CKPT_EVERY == 0:
+            save_checkpoint(workdir / "ckpt", step + 1, vae, opt)
+    vae.eval().requires_grad_(False)
+    vae.save_pretrained(final)
+    return vae

@@ -1,0 +1,128 @@
+"""Meaning checks on the bundled model: the deep dive's tricks do what they say, read back
+by the judge or measured in colour -- not just "it ran"."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdlab import latents as latent_io
+from sdlab.generate import GenerateParams, generate
+from sdlab.img2img import Img2ImgParams, img2img
+from sdlab.models import BUNDLED_NAME, Parts, load
+from sdlab.text import encode_by_hand
+from sdlab.tiny import world
+from sdlab.tiny.judge import judge
+
+STEPS = 20
+# Checks the bundled model does not pass yet (issue 3: its UNet is under-trained at low noise
+# levels, so the last steps garble colours and shapes). strict: once the model is good enough
+# they XPASS, which fails, so the mark has to go.
+BELOW_BAR = pytest.mark.xfail(strict=True, reason="bundled model below its bars (issue 3)")
+
+
+@pytest.fixture(scope="module")
+def bundled() -> Parts:
+    return load(BUNDLED_NAME)
+
+
+def shape_rgb(image: Image.Image) -> np.ndarray:
+    """Mean colour of the pixels that differ most from the border (the shape)."""
+    arr = np.asarray(image, dtype=np.float32)
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]]).mean(axis=0)
+    distance = np.linalg.norm(arr - border, axis=-1)
+    return arr[distance > np.percentile(distance, 85)].mean(axis=0)
+
+
+@BELOW_BAR
+def test_swap_red_for_blue_makes_the_shape_blue(bundled: Parts) -> None:
+    prompt = "a red circle on a white background"
+    plain = [judge(generate(bundled, GenerateParams(prompt, steps=STEPS, seed=s)).images[0])
+             for s in range(3)]
+    swapped = [judge(generate(bundled, GenerateParams(prompt, steps=STEPS, seed=s,
+                                                      swap=("red=blue",))).images[0])
+               for s in range(3)]
+    assert [j.color for j in plain].count("red") >= 2
+    assert [j.color for j in swapped].count("blue") >= 2
+
+
+def test_half_and_half_mix_lies_between_its_ends(bundled: Parts) -> None:
+    def blueness(mix: tuple[str, ...]) -> float:
+        values = []
+        for seed in range(3):
+            image = generate(bundled, GenerateParams("", steps=STEPS, seed=seed, mix=mix))
+            r, _, b = shape_rgb(image.images[0])
+            values.append(b - r)
+        return float(np.mean(values))
+
+    red = blueness(("a red square on a white background:1",))
+    blue = blueness(("a blue square on a white background:1",))
+    half = blueness(("a red square on a white background:0.5",
+                     "a blue square on a white background:0.5"))
+    assert red < half < blue
+    assert blue - red > 100  # the ends are far apart, so "between" means something
+
+
+def blue_channel(image: Image.Image) -> float:
+    return float(np.asarray(image, dtype=np.float32)[..., 2].mean())
+
+
+def test_blue_loss_guidance_makes_the_image_bluer(bundled: Parts) -> None:
+    prompt = "a yellow triangle on a orange background"
+    base = dict(steps=STEPS, seed=1)
+    plain = blue_channel(generate(bundled, GenerateParams(prompt, **base)).images[0])
+    full = blue_channel(generate(bundled, GenerateParams(
+        prompt, **base, guide=("blue:200",), guide_every=2, guide_decoder="full")).images[0])
+    approx = blue_channel(generate(bundled, GenerateParams(
+        prompt, **base, guide=("blue:200",), guide_every=2, guide_decoder="approx")).images[0])
+    assert full - plain > 25  # out of 255
+    assert approx - plain >= 0.8 * (full - plain)
+
+
+def world_image(**attrs: str) -> Image.Image:
+    scene = world.make_scene(rng=np.random.default_rng(0), **attrs)
+    return Image.fromarray(world.render(scene))
+
+
+@BELOW_BAR
+def test_img2img_keeps_the_input_at_low_strength_and_follows_the_prompt_at_high(
+        bundled: Parts) -> None:
+    source = world_image(shape="square", color="green", background="white",
+                         position="center", size="large")
+    prompt = "a large red circle on a black background"
+    low = img2img(bundled, Img2ImgParams(prompt, steps=STEPS, strength=0.2, seed=0), source)
+    high = img2img(bundled, Img2ImgParams(prompt, steps=STEPS, strength=1.0, seed=0), source)
+    kept, followed = judge(low.images[0]), judge(high.images[0])
+    assert (kept.color, kept.shape, kept.background) == ("green", "square", "white")
+    assert (followed.color, followed.background) == ("red", "black")
+
+
+def test_manual_encoder_equals_the_text_encoder(bundled: Parts) -> None:
+    prompt = "a small purple star at the bottom, yellow backdrop"
+    ids = bundled.tokenizer(prompt, padding="max_length", max_length=77,
+                            return_tensors="pt").input_ids
+    with torch.no_grad():
+        reference = bundled.text_encoder(ids)[0]
+    assert (encode_by_hand(bundled, [prompt]) - reference).abs().max() <= 1e-5
+
+
+@BELOW_BAR
+def test_vae_round_trip_meets_the_model_card(bundled: Parts) -> None:
+    rng = np.random.default_rng(123)
+    psnrs = []
+    for _ in range(8):
+        image = Image.fromarray(world.render(world.sample_scene(rng, "all")))
+        psnrs.append(latent_io.roundtrip(bundled, image).psnr)
+    assert np.mean(psnrs) >= 28.0
+
+
+@BELOW_BAR
+def test_demo_prompts_come_out_as_asked(tmp_path) -> None:
+    from sdlab.demo import PROMPTS, run_demo
+
+    results = run_demo(tmp_path)
+    wrong = [note for _, note in results if "(wrong)" in note]
+    assert len(results) == len(PROMPTS)
+    assert len(wrong) <= 1, wrong

@@ -1,0 +1,84 @@
+"""`train-tiny --quick`: every stage's loss falls and the folder is a loadable SD model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from diffusers import StableDiffusionPipeline
+
+from sdlab.tiny.cli import train_tiny
+from sdlab.tiny.common import LossLog
+from sdlab.tiny.export import load_clip
+
+STAGES = ("vae", "clip", "unet")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    out, work = root / "model", root / "work"
+    args = ["--out", str(out), "--workdir", str(work), "--quick", "--seed", "1"]
+    result = CliRunner().invoke(train_tiny, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out, work, args
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_loss_falls(trained, stage):
+    _, work, _ = trained
+    losses = [r["loss"] for r in LossLog(work / stage / "log.jsonl").read()]
+    assert len(losses) >= 20
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
+
+
+def test_folder_layout_and_configs(trained):
+    out, _, _ = trained
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["requires_safety_checker"] is False
+    sched = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["_class_name"] == "LMSDiscreteScheduler"
+    assert (sched["beta_start"], sched["beta_end"]) == (0.00085, 0.012)
+    assert sched["beta_schedule"] == "scaled_linear" and sched["prediction_type"] == "epsilon"
+    vae = json.loads((out / "vae" / "config.json").read_text())
+    assert vae["sample_size"] == 64 and vae["latent_channels"] == 4
+    assert vae["scaling_factor"] > 0 and vae["scaling_factor"] != 1.0
+    unet = json.loads((out / "unet" / "config.json").read_text())
+    text = json.loads((out / "text_encoder" / "config.json").read_text())
+    assert unet["sample_size"] == 8 and unet["cross_attention_dim"] == text["hidden_size"]
+    assert (text["bos_token_id"], text["eos_token_id"], text["pad_token_id"]) == (
+        49406, 49407, 49407)
+    assert text["vocab_size"] == 49408 and text["max_position_embeddings"] == 77
+    for sub in ("text_encoder", "vae", "unet", "clip"):
+        assert list((out / sub).glob("*.safetensors")), sub
+
+
+def test_pipeline_loads_and_generates(trained):
+    out, _, _ = trained
+    pipe = StableDiffusionPipeline.from_pretrained(str(out), safety_checker=None)
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == pipe.vae.dtype == torch.float32
+    ids = pipe.tokenizer("A picture of a puppy").input_ids
+    assert ids == [49406, 320, 1674, 539, 320, 6829, 49407]
+    image = pipe("a red circle on a blue background", num_inference_steps=3, height=64,
+                 width=64, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+
+
+def test_clip_tower_rebuilds(trained):
+    out, _, _ = trained
+    clip = load_clip(out)
+    pipe_ids = torch.tensor([[49406, 320, 736, 7117, 49407]])
+    logits = clip(input_ids=pipe_ids, pixel_values=torch.zeros(2, 3, 64, 64)).logits_per_image
+    assert logits.shape == (2, 1)
+
+
+def test_resume_skips_finished_stages(trained):
+    out, work, args = trained
+    before = {s: len(LossLog(work / s / "log.jsonl").read()) for s in STAGES}
+    result = CliRunner().invoke(train_tiny, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    after = {s: len(LossLog(work / s / "log.jsonl").read()) for s in STAGES}
+    assert before == after
+    assert (out / "model_index.json").is_file()
