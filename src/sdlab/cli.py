@@ -20,7 +20,7 @@ from sdlab.errors import SdlabError
 from sdlab.generate import GenerateParams, check_params, generate
 from sdlab.img2img import Img2ImgParams, check_img2img, img2img, strength_for
 from sdlab.latents import load_image
-from sdlab.models import default_model, load, read_configs, resolve
+from sdlab.models import default_model, folder_scale_factor, load, resolve
 from sdlab.outputs import check_writable, numbered, read_png_meta, recipe, save_png
 from sdlab.outputs import save_latents as write_latents
 from sdlab.sampler import StepRecord
@@ -154,7 +154,7 @@ def _params_from(stored: dict[str, Any], png: str) -> GenerateParams:
 
 def _check_size(params: GenerateParams, folder: Path) -> int:
     """Check height/width against the VAE factor from the config, before loading weights."""
-    factor = 2 ** (len(read_configs(folder)["vae"]["block_out_channels"]) - 1)
+    factor = folder_scale_factor(folder)
     check_params(params, factor)
     return factor
 

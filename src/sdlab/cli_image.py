@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from sdlab import latents as latent_io
 from sdlab.cli_common import guard, model_option
 from sdlab.errors import SdlabError
-from sdlab.models import default_model, load
+from sdlab.models import default_model, load, read_configs, resolve
 from sdlab.outputs import atomic_write, check_writable, save_latents
 from sdlab.schedule import SCHEDULERS, make_scheduler, noise_to_step, schedule_table
 from sdlab.viz import plot_schedule
@@ -101,8 +101,6 @@ def schedule_cmd(model: str | None, scheduler: str, steps: int, plot: str | None
     if steps < 1:
         raise SdlabError(f"--steps must be at least 1 (got {steps})")
     plot_path = check_writable(plot, ".png") if plot else None
-    from sdlab.models import read_configs, resolve
-
     config = read_configs(resolve(model or default_model()))["scheduler"]
     sched = make_scheduler(scheduler, config)
     sched.set_timesteps(steps)

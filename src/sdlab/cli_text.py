@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from sdlab.cli_common import DEVICES, model_option
 from sdlab.errors import SdlabError
 from sdlab.generate import GenerateParams, check_params, generate
-from sdlab.models import default_model, load, load_tokenizer, read_configs, resolve
+from sdlab.models import default_model, folder_scale_factor, load, load_tokenizer, resolve
 from sdlab.outputs import check_writable
 from sdlab.schedule import SCHEDULERS
 from sdlab.surgery import interpolation_mixes, parse_mix
@@ -140,8 +140,7 @@ def interpolate_cmd(prompt_a: str, prompt_b: str, frames: int, out: str, fps: in
     check_params(base)
     out_path = check_writable(out, ".mp4")
     model = model or default_model()
-    vae = read_configs(resolve(model))["vae"]
-    check_params(base, 2 ** (len(vae["block_out_channels"]) - 1))
+    check_params(base, folder_scale_factor(resolve(model)))
     parts = load(model, device=device)
     images = [generate(parts, replace(base, mix=mix)).images[0]
               for mix in tqdm(mixes, desc="frames", unit="frame", disable=quiet,

@@ -46,7 +46,7 @@ class Parts:
     @property
     def vae_scale_factor(self) -> int:
         """How many pixels one latent cell spans (8 for SD)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return scale_factor(self.vae.config)
 
     @property
     def native_size(self) -> int:
@@ -174,6 +174,19 @@ def read_configs(folder: Path) -> dict[str, dict[str, Any]]:
         "unet": _read_json(folder / "unet" / "config.json"),
         "scheduler": _read_json(folder / "scheduler" / "scheduler_config.json"),
     }
+
+
+def scale_factor(vae_config: Any) -> int:
+    """Pixels per latent cell from a VAE config (a dict or a diffusers config): each block
+    but the last halves the resolution."""
+    channels = (vae_config["block_out_channels"] if isinstance(vae_config, dict)
+                else vae_config.block_out_channels)
+    return 2 ** (len(channels) - 1)
+
+
+def folder_scale_factor(folder: Path) -> int:
+    """`scale_factor` of a model folder, read from its config without loading weights."""
+    return scale_factor(read_configs(folder)["vae"])
 
 
 def pick_device(device: str = "auto") -> torch.device:

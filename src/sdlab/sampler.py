@@ -119,10 +119,3 @@ def _step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator | None) -
     accepted = inspect.signature(scheduler.step).parameters
     return {"generator": generator} if "generator" in accepted else {}
 
-
-def last(records: Iterator[StepRecord]) -> StepRecord | None:
-    """Run a loop to its end and keep the final record (None if it stopped at once)."""
-    final = None
-    for final in records:  # noqa: B007 - the loop's last value is the point
-        pass
-    return final
