@@ -26,13 +26,14 @@ class VaeConfig:
     block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
     layers_per_block: int = 1
     norm_num_groups: int = 8
-    steps: int = 1000
+    steps: int = 3000
     batch_size: int = 16
     lr: float = 7e-4
     warmup: int = 100
     kl_weight: float = 1e-6
     logvar_init: float = -8.0  # posterior std starts at 0.02: noise must not drown detail
     l1_weight: float = 0.1
+    fg_weight: float = 4.0  # extra loss weight on and around the shape (see train_vae)
     eval_every: int = 250
     # second phase: the decoder alone, on the frozen encoder's posterior means (it can
     # run beside the UNet stage, which only needs the encoder)
@@ -64,12 +65,12 @@ class UnetConfig:
     layers_per_block: int = 1
     attention_head_dim: int = 8
     pool_size: int = 40000
-    steps: int = 3400
+    steps: int = 4000
     batch_size: int = 64
     lr: float = 6e-4
     warmup: int = 200
     uncond_prob: float = 0.1
-    snr_gamma: float = 5.0
+    snr_gamma: float = 0.0  # 0: plain epsilon MSE, as SD (>0: min-SNR weighting)
     ema_decay: float = 0.999
 
 

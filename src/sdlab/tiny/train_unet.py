@@ -4,7 +4,12 @@ to the frozen text encoder's last hidden states, with SD's noise schedule.
 The VAE and text encoder are frozen, so the latents of a pool of world images and the
 encoder states of their captions are computed once and cached (fp16): each training step
 is then only the UNet. ~10% of captions are replaced by "" for classifier-free guidance;
-the loss is min-SNR weighted (gamma 5); the weights saved are an EMA.
+the loss is SD's plain epsilon MSE over uniformly drawn t; the weights saved are an EMA.
+
+(min-SNR weighting, gamma 5, was tried first: it gives the small-t steps almost no weight,
+and that model learned to repaint from the text instead of denoising at small t — wrong
+text at t=10 raised its error 5x, img2img at low strength changed the image, and CFG
+amplified the cond/uncond gap into blotches.)
 """
 
 from __future__ import annotations
@@ -154,7 +159,10 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
         noisy = scheduler.add_noise(x0, noise, t)
         eps = unet(noisy, t, encoder_hidden_states=ctx).sample
         per_sample = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
-        loss = (min_snr_weights(scheduler, t, cfg.snr_gamma) * per_sample).mean()
+        if cfg.snr_gamma > 0:
+            loss = (min_snr_weights(scheduler, t, cfg.snr_gamma) * per_sample).mean()
+        else:
+            loss = per_sample.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
