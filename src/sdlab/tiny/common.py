@@ -57,6 +57,7 @@ class ClipConfig:
     warmup: int = 50
     weight_decay: float = 0.05
     attr_weight: float = 1.0  # weight of the attribute read-out loss (see AttributeHeads)
+    filler_prob: float = 0.5  # share of captions with random filler words (see filler.py)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class UnetConfig:
     lr: float = 6e-4
     warmup: int = 200
     uncond_prob: float = 0.1
+    filler_prob: float = 0.5  # as the text encoder was trained
     snr_gamma: float = 0.0  # 0: plain epsilon MSE, as SD (>0: min-SNR weighting)
     ema_decay: float = 0.999
 

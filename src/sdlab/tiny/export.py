@@ -3,7 +3,8 @@
 Layout: model_index.json, tokenizer/, text_encoder/, vae/, unet/, scheduler/ (LMS, SD's
 betas) as diffusers writes them, weights in fp16 safetensors; plus clip/, the CLIP image
 tower (CLIPVisionModelWithProjection) and the text projection, which together with
-text_encoder/ rebuild the whole tiny CLIP for scoring and CLIP guidance.
+text_encoder/ rebuild the whole tiny CLIP for scoring and CLIP guidance; and
+preview.json, the cheap latent->RGB map fitted on the world's own images.
 """
 
 from __future__ import annotations
@@ -91,7 +92,22 @@ def save_model(out: Path, vae: AutoencoderKL, clip: CLIPModel,
         config = json.loads(path.read_text())
         config["dtype"] = "float32"
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_preview(out)
     return out
+
+
+def write_preview(folder: Path, n: int = 256, seed: int = 4242) -> Path:
+    """Fit the latent->RGB preview map on world images (all pairs) and save preview.json."""
+    import numpy as np
+    from PIL import Image
+
+    from sdlab.models import load
+    from sdlab.preview import fit_preview, save_preview
+    from sdlab.tiny.common import random_images
+
+    parts = load(folder)
+    images = [Image.fromarray(a) for a in random_images(np.random.default_rng(seed), n, "all")]
+    return save_preview(fit_preview(parts, images), Path(folder))
 
 
 def load_clip(folder: Path) -> CLIPModel:

@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from sdlab.tiny import world
+from sdlab.tiny.filler import add_filler
 from sdlab.tiny.common import (
     TOKENIZER_DIR,
     ClipConfig,
@@ -108,14 +109,16 @@ class ClipBatch:
     mentions: list[frozenset[str]]  # the attributes each caption names
 
 
-def clip_batch(rng: np.random.Generator, n: int) -> ClipBatch:
-    """n images and captions: n/2 random training scenes, then one sibling of each."""
+def clip_batch(rng: np.random.Generator, n: int, filler_prob: float = 0.0) -> ClipBatch:
+    """n images and captions: n/2 random training scenes, then one sibling of each;
+    `filler_prob` of the captions get random filler words (see filler.py)."""
     base = [world.sample_scene(rng) for _ in range(n // 2)]
     scenes = base + [sibling(s, rng) for s in base]
     scenes += [world.sample_scene(rng) for _ in range(n - len(scenes))]
     images = np.stack([world.render(s) for s in scenes])
     texts = [world.caption_and_mentions(s, rng) for s in scenes]
-    return ClipBatch(images, [t for t, _ in texts], scenes, [m for _, m in texts])
+    captions = [add_filler(t, rng, filler_prob) for t, _ in texts]
+    return ClipBatch(images, captions, scenes, [m for _, m in texts])
 
 
 ATTRIBUTE_VALUES = {
@@ -215,7 +218,8 @@ def train_clip(cfg: ClipConfig, seed: int, workdir: Path, resume: bool = True) -
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
         values = clip_step(model, heads, opt, tokenizer, cfg,
-                           clip_batch(step_rng(seed, STAGE_ID, step), cfg.batch_size))
+                           clip_batch(step_rng(seed, STAGE_ID, step), cfg.batch_size,
+                                      cfg.filler_prob))
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
             model.eval()
             values["retrieval"] = retrieval_accuracy(model, tokenizer, seed, text_len=cfg.text_len)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from sdlab.tiny import world
+from sdlab.tiny.filler import add_filler
 from sdlab.tiny.common import (
     LossLog,
     UnetConfig,
@@ -66,12 +67,16 @@ def build_unet(cfg: UnetConfig, cross_attention_dim: int) -> UNet2DConditionMode
     )
 
 
-def pool_scenes(seed: int, n: int) -> tuple[list[world.Scene], list[str]]:
-    """The training pool's scenes and captions (cheap: no rendering)."""
+def pool_scenes(seed: int, n: int, filler_prob: float = 0.0
+                ) -> tuple[list[world.Scene], list[str]]:
+    """The training pool's scenes and captions (cheap: no rendering); `filler_prob` of
+    the captions get random filler words, as in the text encoder's training."""
     rng = step_rng(seed, STAGE_ID, 10**8)
     scenes = [world.sample_scene(rng) for _ in range(n)]
     cap_rng = step_rng(seed, STAGE_ID, 10**8 + 1)
-    return scenes, [world.caption(s, cap_rng) for s in scenes]
+    captions = [world.caption(s, cap_rng) for s in scenes]
+    fill_rng = step_rng(seed, STAGE_ID, 10**8 + 2)
+    return scenes, [add_filler(c, fill_rng, filler_prob) for c in captions]
 
 
 @torch.no_grad()
@@ -89,8 +94,8 @@ def encode_text(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, captions:
 
 
 def build_text_cache(path: Path, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-                     seed: int, n: int) -> None:
-    _, captions = pool_scenes(seed, n)
+                     seed: int, n: int, filler_prob: float = 0.0) -> None:
+    _, captions = pool_scenes(seed, n, filler_prob)
     states = encode_text(text_encoder, tokenizer, captions)
     empty = encode_text(text_encoder, tokenizer, [""], progress=False)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +133,8 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
     text_path = workdir / "text_cache.safetensors"
     latent_path = workdir / "latent_cache.safetensors"
     if not (resume and text_path.is_file()):
-        build_text_cache(text_path, text_encoder, tokenizer, seed, cfg.pool_size)
+        build_text_cache(text_path, text_encoder, tokenizer, seed, cfg.pool_size,
+                         cfg.filler_prob)
     if not (resume and latent_path.is_file()):
         build_latent_cache(latent_path, vae, seed, cfg.pool_size)
     text = load_file(str(text_path))
