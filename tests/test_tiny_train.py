@@ -55,6 +55,27 @@ def test_folder_layout_and_configs(trained):
         assert list((out / sub).glob("*.safetensors")), sub
 
 
+def test_preview_map_is_fitted_to_the_vae(trained):
+    """preview.json maps this VAE's latents to the colours of the pixels they cover."""
+    from PIL import Image
+
+    from sdlab import latents as latent_io
+    from sdlab.models import load
+    from sdlab.preview import preview_for
+    from sdlab.tiny import world
+
+    out, _, _ = trained
+    parts = load(out)
+    assert (out / "preview.json").is_file()
+    preview = preview_for(parts)
+    scene = world.make_scene("square", "red", "blue", "center", "large")
+    image = Image.fromarray(world.render(scene))
+    rgb = preview(latent_io.encode(parts, [image], "mean"))[0]  # (3, 64, 64) in [0, 1]
+    corner, middle = rgb[:, 2, 2], rgb[:, 32, 32]
+    assert corner[2] > corner[0]  # the blue background reads bluer than red ...
+    assert middle[0] > corner[0]  # ... and the red square redder than the background
+
+
 def test_pipeline_loads_and_generates(trained):
     out, _, _ = trained
     pipe = StableDiffusionPipeline.from_pretrained(str(out), safety_checker=None)
@@ -82,3 +103,40 @@ def test_resume_skips_finished_stages(trained):
     after = {s: len(LossLog(work / s / "log.jsonl").read()) for s in STAGES}
     assert before == after
     assert (out / "model_index.json").is_file()
+
+
+def test_vae_loss_weights_the_shape():
+    """The reconstruction error counts 1 + fg_weight on the shape and its rim, 1 elsewhere."""
+    from sdlab.tiny import world
+    from sdlab.tiny.common import VaeConfig, images_to_tensor
+    from sdlab.tiny.train_vae import foreground_weights, reconstruction_loss
+
+    scene = world.make_scene("square", "red", "blue", "center", "large")
+    x = images_to_tensor(world.render(scene)[None])
+    mask = world.render_mask("square", scene.cx, scene.cy, scene.radius) > 0
+    w = foreground_weights(x, 4.0)[0, 0].numpy()
+    assert (w[mask] == 5.0).all()
+    assert (w[:4, :4] == 1.0).all() and w.min() == 1.0
+    assert mask.sum() < (w == 5.0).sum() < mask.sum() + 4 * 64  # the rim is one pixel wide
+    cfg = VaeConfig(l1_weight=0.0, fg_weight=4.0)
+    on_shape, off_shape = x.clone(), x.clone()
+    on_shape[:, :, 32, 32] += 0.5
+    off_shape[:, :, 2, 2] += 0.5
+    loss_on, mse_on = reconstruction_loss(on_shape, x, cfg)
+    loss_off, mse_off = reconstruction_loss(off_shape, x, cfg)
+    assert mse_on == mse_off and loss_on / loss_off == torch.tensor(5.0)
+
+
+def test_bar_checks_read_the_benchmark():
+    from sdlab.tiny.card import bar_checks
+
+    good = {"color": 0.95, "background": 0.97, "shape": 0.85, "position": 0.9, "size": 0.9}
+    bench = {"guidance_7.5": good, "guidance_7.5_held_out_pairs": dict(good, shape=0.76),
+             "guidance_7.5_same_prompts_as_1.0": good,
+             "guidance_1.0": {k: v - 0.2 for k, v in good.items()},
+             "vae_psnr_db": 29.0, "seconds_per_image": 1.0}
+    assert all(ok for _, _, ok in bar_checks(bench))
+    bench["guidance_7.5_held_out_pairs"] = dict(good, shape=0.74)
+    bench["guidance_1.0"] = good
+    failed = [name for name, _, ok in bar_checks(bench) if not ok]
+    assert len(failed) == 2 and "held-out" in failed[0] and "1.0" in failed[1]

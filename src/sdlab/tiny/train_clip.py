@@ -25,7 +25,6 @@ from transformers import (
 )
 
 from sdlab.tiny import world
-from sdlab.tiny.filler import add_filler
 from sdlab.tiny.common import (
     TOKENIZER_DIR,
     ClipConfig,
@@ -36,6 +35,7 @@ from sdlab.tiny.common import (
     save_checkpoint,
     step_rng,
 )
+from sdlab.tiny.filler import add_filler
 
 log = logging.getLogger("sdlab.tiny.clip")
 STAGE_ID = 2

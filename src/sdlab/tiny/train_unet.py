@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from sdlab.tiny import world
-from sdlab.tiny.filler import add_filler
 from sdlab.tiny.common import (
     LossLog,
     UnetConfig,
@@ -36,6 +35,7 @@ from sdlab.tiny.common import (
     save_checkpoint,
     step_rng,
 )
+from sdlab.tiny.filler import add_filler
 from sdlab.tiny.train_vae import encode_mean
 
 log = logging.getLogger("sdlab.tiny.unet")
