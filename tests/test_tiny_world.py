@@ -34,7 +34,7 @@ def test_splits_respect_held_out_pairs():
 
 
 def test_render_shows_colors_and_is_antialiased():
-    scene = world.make_scene("square", "red", "blue", "center", "large")
+    scene = world.make_scene("circle", "red", "blue", "center", "large")
     img = world.render(scene).astype(int)
     assert tuple(img[0, 0]) == world.COLORS["blue"]
     assert tuple(img[32, 32]) == world.COLORS["red"]

@@ -31,15 +31,17 @@ COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
 POSITIONS: dict[str, tuple[float, float]] = {
     "center": (32.0, 32.0),
-    "left": (18.0, 32.0),
-    "right": (46.0, 32.0),
-    "top": (32.0, 18.0),
-    "bottom": (32.0, 46.0),
+    "left": (20.0, 32.0),
+    "right": (44.0, 32.0),
+    "top": (32.0, 20.0),
+    "bottom": (32.0, 44.0),
 }
 POSITION_NAMES: tuple[str, ...] = tuple(POSITIONS)
-SIZES: dict[str, float] = {"small": 6.5, "large": 12.5}  # "radius" in pixels
+# "radius" in pixels. A small shape must still span ~2.5 latent cells of an 8x-downsampling
+# VAE: at radius 6.5 (2 cells) the VAE returned small stars, crosses and squares as blobs.
+SIZES: dict[str, float] = {"small": 9.0, "large": 14.5}
 SIZE_NAMES: tuple[str, ...] = tuple(SIZES)
-SIZE_THRESHOLD = 9.5  # radius between small and large, used by the judge
+SIZE_THRESHOLD = 11.75  # radius between small and large, used by the judge
 POSITION_JITTER = 2.0
 RADIUS_JITTER = 0.5
 
