@@ -2,7 +2,7 @@
 
 Trained on freshly drawn world images every step (no epochs, no overfitting) with
 MSE + a little L1 and a tiny KL term; its scaling_factor is 1/std of the training latents.
-A small shape covers ~3% of the pixels, so a plain mean error is nearly all background:
+A small shape covers 4-6% of the pixels, so a plain mean error is nearly all background:
 the reconstruction error is weighted up on and around the shape (`fg_weight`), which is
 what keeps a star a star through 8x8 latents (SD's VAE uses a perceptual loss for the
 same reason: pixels that carry structure matter more than flat ones).
