@@ -48,3 +48,23 @@ def test_generates_what_the_prompt_says():
         background += got.background == prompt.scene.background
         color += got.color == prompt.scene.color
     assert background >= 10 and color >= 8, (background, color)
+
+
+def test_preview_map_predicts_colours():
+    """preview.json predicts the colours of unseen world images from the VAE's latents
+    clearly better than their mean colour does (a linear map is only a preview)."""
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from sdlab import latents as latent_io
+    from sdlab.models import load
+    from sdlab.preview import preview_for
+    from sdlab.tiny.common import random_images
+
+    parts = load(FOLDER)
+    images = [Image.fromarray(a) for a in random_images(np.random.default_rng(99), 32, "all")]
+    target = F.avg_pool2d((latent_io.to_tensor(images) + 1) / 2, 8)  # (N, 3, 8, 8)
+    rgb = F.avg_pool2d(preview_for(parts)(latent_io.encode(parts, images, "mean")), 8)
+    fitted = (rgb - target).abs().mean()
+    constant = (target.mean(dim=(0, 2, 3), keepdim=True) - target).abs().mean()
+    assert fitted < 0.75 * constant, (fitted, constant)
