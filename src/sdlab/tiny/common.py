@@ -56,7 +56,7 @@ class ClipConfig:
     lr: float = 1e-3
     warmup: int = 50
     weight_decay: float = 0.05
-    attr_weight: float = 1.0  # weight of the attribute read-out loss (see AttributeHeads)
+    attr_weight: float = 4.0  # weight of the attribute read-out loss (see AttributeHeads)
     filler_prob: float = 0.5  # share of captions with random filler words (see filler.py)
 
 
