@@ -17,9 +17,11 @@ from sdlab.tiny import world
 from sdlab.tiny.judge import judge
 
 STEPS = 20
-# Checks the bundled model does not pass yet (issue 3: its UNet is under-trained at low noise
-# levels, so the last steps garble colours and shapes). strict: once the model is good enough
-# they XPASS, which fails, so the mark has to go.
+# The bundled model's working guidance (its card: at 7.5 it overshoots, issue 3).
+GUIDANCE = 3.0
+# Checks the bundled model does not pass yet (issue 3: at low noise its UNet follows the
+# caption more than the image, so img2img at low strength repaints a conflicting input).
+# strict: once the model is good enough they XPASS, which fails, so the mark has to go.
 BELOW_BAR = pytest.mark.xfail(strict=True, reason="bundled model below its bars (issue 3)")
 
 
@@ -36,23 +38,24 @@ def shape_rgb(image: Image.Image) -> np.ndarray:
     return arr[distance > np.percentile(distance, 85)].mean(axis=0)
 
 
-@BELOW_BAR
 def test_swap_red_for_blue_makes_the_shape_blue(bundled: Parts) -> None:
     prompt = "a red circle on a white background"
-    plain = [judge(generate(bundled, GenerateParams(prompt, steps=STEPS, seed=s)).images[0])
-             for s in range(3)]
-    swapped = [judge(generate(bundled, GenerateParams(prompt, steps=STEPS, seed=s,
-                                                      swap=("red=blue",))).images[0])
-               for s in range(3)]
-    assert [j.color for j in plain].count("red") >= 2
-    assert [j.color for j in swapped].count("blue") >= 2
+    def reading(seed: int, **edits: tuple[str, ...]) -> str | None:
+        params = GenerateParams(prompt, steps=STEPS, seed=seed, guidance=GUIDANCE, **edits)
+        return judge(generate(bundled, params).images[0]).color
+
+    plain = [reading(s) for s in range(3)]
+    swapped = [reading(s, swap=("red=blue",)) for s in range(3)]
+    assert plain.count("red") >= 2
+    assert swapped.count("blue") >= 2
 
 
 def test_half_and_half_mix_lies_between_its_ends(bundled: Parts) -> None:
     def blueness(mix: tuple[str, ...]) -> float:
         values = []
         for seed in range(3):
-            image = generate(bundled, GenerateParams("", steps=STEPS, seed=seed, mix=mix))
+            params = GenerateParams("", steps=STEPS, seed=seed, mix=mix, guidance=GUIDANCE)
+            image = generate(bundled, params)
             r, _, b = shape_rgb(image.images[0])
             values.append(b - r)
         return float(np.mean(values))
@@ -71,7 +74,7 @@ def blue_channel(image: Image.Image) -> float:
 
 def test_blue_loss_guidance_makes_the_image_bluer(bundled: Parts) -> None:
     prompt = "a yellow triangle on a orange background"
-    base = dict(steps=STEPS, seed=1)
+    base = dict(steps=STEPS, seed=1, guidance=GUIDANCE)
     plain = blue_channel(generate(bundled, GenerateParams(prompt, **base)).images[0])
     full = blue_channel(generate(bundled, GenerateParams(
         prompt, **base, guide=("blue:200",), guide_every=2, guide_decoder="full")).images[0])
@@ -92,8 +95,9 @@ def test_img2img_keeps_the_input_at_low_strength_and_follows_the_prompt_at_high(
     source = world_image(shape="square", color="green", background="white",
                          position="center", size="large")
     prompt = "a large red circle on a black background"
-    low = img2img(bundled, Img2ImgParams(prompt, steps=STEPS, strength=0.2, seed=0), source)
-    high = img2img(bundled, Img2ImgParams(prompt, steps=STEPS, strength=1.0, seed=0), source)
+    base = dict(steps=STEPS, seed=0, guidance=GUIDANCE)
+    low = img2img(bundled, Img2ImgParams(prompt, strength=0.2, **base), source)
+    high = img2img(bundled, Img2ImgParams(prompt, strength=1.0, **base), source)
     kept, followed = judge(low.images[0]), judge(high.images[0])
     assert (kept.color, kept.shape, kept.background) == ("green", "square", "white")
     assert (followed.color, followed.background) == ("red", "black")
@@ -108,7 +112,6 @@ def test_manual_encoder_equals_the_text_encoder(bundled: Parts) -> None:
     assert (encode_by_hand(bundled, [prompt]) - reference).abs().max() <= 1e-5
 
 
-@BELOW_BAR
 def test_vae_round_trip_meets_the_model_card(bundled: Parts) -> None:
     rng = np.random.default_rng(123)
     psnrs = []
@@ -118,11 +121,10 @@ def test_vae_round_trip_meets_the_model_card(bundled: Parts) -> None:
     assert np.mean(psnrs) >= 28.0
 
 
-@BELOW_BAR
 def test_demo_prompts_come_out_as_asked(tmp_path) -> None:
     from sdlab.demo import PROMPTS, run_demo
 
     results = run_demo(tmp_path)
     wrong = [note for _, note in results if "(wrong)" in note]
     assert len(results) == len(PROMPTS)
-    assert len(wrong) <= 1, wrong
+    assert not wrong, wrong
