@@ -18,6 +18,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 SDLAB = [sys.executable, "-m", "sdlab"]
+G = "--guidance 3"  # the bundled model's working guidance (its card; at 7.5 it overshoots)
 
 
 def sdlab(command: str) -> None:
@@ -43,7 +44,7 @@ def main() -> None:
         t = Path(tmp)
         sdlab(f"demo --out {t}/demo")
         row(sorted((t / "demo").glob("demo-*.png")), DOCS / "demo.png")
-        sdlab(f'generate "a red circle on a white background" --out {t}/red.png --quiet')
+        sdlab(f'generate {G} "a red circle on a white background" --out {t}/red.png --quiet')
         sdlab(f"vae roundtrip {t}/red.png --out {t}/rt.png")
         row([t / "rt.png"], DOCS / "vae-roundtrip.png")
         sdlab(f"vae encode {t}/red.png --out {t}/red.safetensors "
@@ -54,27 +55,28 @@ def main() -> None:
             sdlab(f"noise {t}/red.png --step {k} --steps 50 --out {t}/noise-{k}.png")
             noisy.append(t / f"noise-{k}.png")
         row(noisy, DOCS / "noise.png")
-        sdlab(f'generate "a large green square on a black background" --out {t}/sq.png --quiet')
+        sdlab(f'generate {G} "a large green square on a black background" --out {t}/sq.png --quiet')
         i2i = []
         for s in (3, 8):
-            sdlab(f'img2img {t}/sq.png "a large yellow circle on a purple background" --steps 20 '
-                  f"--start-step {s} --out {t}/i2i-{s}.png --quiet")
+            sdlab(f'img2img {G} {t}/sq.png "a large yellow circle on a purple background" '
+                  f"--steps 20 --start-step {s} --out {t}/i2i-{s}.png --quiet")
             i2i.append(t / f"i2i-{s}.png")
         row([t / "sq.png", *i2i], DOCS / "img2img.png")
-        sdlab(f'generate "a red circle on a white background" --swap red=blue '
+        sdlab(f'generate {G} "a red circle on a white background" --swap red=blue '
               f"--out {t}/swap.png --quiet")
         row([t / "red.png", t / "swap.png"], DOCS / "swap.png")
-        sdlab(f'generate --mix "a red square on a white background:0.5" '
+        sdlab(f'generate {G} --mix "a red square on a white background:0.5" '
               f'--mix "a blue square on a white background:0.5" --out {t}/mix.png --quiet')
         row([t / "mix.png"], DOCS / "mix.png")
-        sdlab(f'generate "a yellow star on a green background" --steps 30 '
+        sdlab(f'generate {G} "a yellow star on a green background" --steps 30 '
               f"--trace {t}/run.safetensors --out {t}/star.png --quiet")
         sdlab(f"trace show {t}/run.safetensors --out {t}/shown")
         frames = [t / "shown" / f"frame-{k:03d}.png" for k in (0, 5, 10, 20, 29)]
         row(frames, DOCS / "progression.png")
-        sdlab(f'generate "a yellow triangle on an orange background" --guide blue:200 '
+        sdlab(f'generate {G} "a yellow triangle on an orange background" --guide blue:200 '
               f"--guide-every 2 --trace {t}/blue.safetensors --out {t}/blue.png --quiet")
-        sdlab(f'generate "a yellow triangle on an orange background" --out {t}/plain.png --quiet')
+        sdlab(f'generate {G} "a yellow triangle on an orange background" '
+              f"--out {t}/plain.png --quiet")
         row([t / "plain.png", t / "blue.png"], DOCS / "guidance.png")
         sdlab(f"trace show {t}/blue.safetensors --out {t}/blue-shown")
         (t / "blue-shown" / "loss-blue.png").replace(DOCS / "guidance-loss.png")
