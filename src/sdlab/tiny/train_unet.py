@@ -6,10 +6,9 @@ encoder states of their captions are computed once and cached (fp16): each train
 is then only the UNet. ~10% of captions are replaced by "" for classifier-free guidance;
 the loss is SD's plain epsilon MSE over uniformly drawn t; the weights saved are an EMA.
 
-(min-SNR weighting, gamma 5, was tried first: it gives the small-t steps almost no weight,
-and that model learned to repaint from the text instead of denoising at small t — wrong
-text at t=10 raised its error 5x, img2img at low strength changed the image, and CFG
-amplified the cond/uncond gap into blotches.)
+(min-SNR weighting, gamma 5, was tried first; it gives the small-t steps almost no weight.
+That model repainted from the text at small t — a wrong caption at t=10 raised its error
+5x — and guidance 7.5 blew up. Plain MSE did not cure either: see the model card.)
 """
 
 from __future__ import annotations
