@@ -211,7 +211,8 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         "7.5, 59% at 1.0. Its VAE (1,000 unweighted joint steps) kept the shape of only 44% "
         "of round trips. The shape-weighted VAE loss and a 3x longer VAE stage fixed the "
         "VAE; plain MSE did not fix the overshoot (Known problems). The world then drew "
-        "small shapes at radius 6.5 px (2 latent cells across): even the weighted VAE returned them as blobs (the judge read 20% "
+        "small shapes at radius 6.5 px (2 latent cells across): even the weighted VAE "
+        "returned them as blobs (the judge read 20% "
         "of small shapes right on round trips, 92% of large ones, after 1,400 steps), so "
         "shapes were enlarged to the radii above.",
         "",
