@@ -297,7 +297,9 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         "that gap 6.5x. It is not the wording (the training wording fails the same way at "
         "7.5) and not the min-SNR weighting (removed; the first model had it too). Next to "
         "try: more unconditional training (10% empty captions now) and a longer UNet "
-        "stage, measuring the cond/uncond gap by t.",
+        "stage: a trial UNet with 30% empty captions (3,000 steps, same VAE and CLIP) "
+        "lifted guidance 7.5 on 40 benchmark prompts from background 25 / colour 10 / "
+        "shape 20% to 68 / 40 / 68%.",
         "- Held-out colour x shape pairs: at guidance 3 the shape is usually right but the "
         "colour often is the one the shape was trained with.",
         "- The CLIP image tower reads shape and position at about chance (see Training).",
