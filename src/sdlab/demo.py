@@ -38,10 +38,10 @@ def run_demo(out: Path, model: str | None = None) -> list[tuple[Path, str]]:
         model = str(build_random_model(out / "random-model", "tiny"))
         random_note = "(random weights: the bundled model is not installed, so this is noise)"
     parts = load(model)
+    extra = {"guidance": BUNDLED_GUIDANCE} if model == BUNDLED_NAME else {}
     results = []
     for k, (prompt, wanted) in enumerate(PROMPTS.items()):
-        guidance = BUNDLED_GUIDANCE if model == BUNDLED_NAME else 7.5
-        params = GenerateParams(prompt.split(" (")[0], seed=k, guidance=guidance)
+        params = GenerateParams(prompt.split(" (")[0], seed=k, **extra)
         image = generate(parts, params).images[0]
         path = save_png(image, out / f"demo-{k}.png", recipe(model, parts.folder,
                                                               params.to_dict()))

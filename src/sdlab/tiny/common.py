@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from sdlab.tiny import world
 
@@ -136,6 +138,25 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return base * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+class ScheduledSteps:
+    """Training steps start..total-1 under a progress bar; before each, every parameter
+    group's learning rate is set by `lr_at` (warmup, then cosine decay)."""
+
+    def __init__(self, opt: torch.optim.Optimizer, start: int, total: int, base_lr: float,
+                 warmup: int, desc: str):
+        self.opt, self.total, self.base_lr, self.warmup = opt, total, base_lr, warmup
+        self.bar = tqdm(range(start, total), desc=desc, initial=start, total=total)
+
+    def __iter__(self) -> Iterator[int]:
+        for step in self.bar:
+            for group in self.opt.param_groups:
+                group["lr"] = lr_at(step, self.total, self.base_lr, self.warmup)
+            yield step
+
+    def show(self, loss: float) -> None:
+        self.bar.set_postfix(loss=f"{loss:.4f}")
 
 
 def step_rng(seed: int, stage: int, step: int) -> np.random.Generator:

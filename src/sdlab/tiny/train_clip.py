@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import (
     CLIPConfig,
     CLIPModel,
@@ -29,9 +28,9 @@ from sdlab.tiny.common import (
     TOKENIZER_DIR,
     ClipConfig,
     LossLog,
+    ScheduledSteps,
     images_to_tensor,
     load_checkpoint,
-    lr_at,
     save_checkpoint,
     step_rng,
 )
@@ -213,10 +212,8 @@ def train_clip(cfg: ClipConfig, seed: int, workdir: Path, resume: bool = True) -
     start = load_checkpoint(workdir / "ckpt", model, opt, extra=extra) if resume else 0
     losses = LossLog(workdir / "log.jsonl")
     model.train()
-    bar = tqdm(range(start, cfg.steps), desc="clip", initial=start, total=cfg.steps)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+    steps = ScheduledSteps(opt, start, cfg.steps, cfg.lr, cfg.warmup, "clip")
+    for step in steps:
         values = clip_step(model, heads, opt, tokenizer, cfg,
                            clip_batch(step_rng(seed, STAGE_ID, step), cfg.batch_size,
                                       cfg.filler_prob))
@@ -227,7 +224,7 @@ def train_clip(cfg: ClipConfig, seed: int, workdir: Path, resume: bool = True) -
             log.info("clip step %d: loss %.4f retrieval@256 %.3f", step + 1, values["loss"],
                      values["retrieval"])
         losses.write(step, **values)
-        bar.set_postfix(loss=f"{values['loss']:.4f}")
+        steps.show(values["loss"])
         if (step + 1) % CKPT_EVERY == 0:
             save_checkpoint(workdir / "ckpt", step + 1, model, opt, extra=extra)
     model.eval()

@@ -27,10 +27,10 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from sdlab.tiny import world
 from sdlab.tiny.common import (
     LossLog,
+    ScheduledSteps,
     UnetConfig,
     images_to_tensor,
     load_checkpoint,
-    lr_at,
     save_checkpoint,
     step_rng,
 )
@@ -148,10 +148,8 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
     scheduler = ddpm_scheduler()
     losses = LossLog(workdir / "log.jsonl")
     unet.train()
-    bar = tqdm(range(start, cfg.steps), desc="unet", initial=start, total=cfg.steps)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+    steps = ScheduledSteps(opt, start, cfg.steps, cfg.lr, cfg.warmup, "unet")
+    for step in steps:
         rng = step_rng(seed, STAGE_ID, step)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         idx = torch.from_numpy(rng.integers(len(latents), size=cfg.batch_size))
@@ -176,7 +174,7 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
         with torch.no_grad():
             torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()), 1.0 - decay)
         losses.write(step, loss=loss.item(), mse=per_sample.mean().item())
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        steps.show(loss.item())
         if (step + 1) % CKPT_EVERY == 0:
             save_checkpoint(workdir / "ckpt", step + 1, unet, opt, extra={"ema": ema})
             log.info("unet step %d: loss %.4f", step + 1, loss.item())

@@ -15,15 +15,14 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
-from tqdm.auto import tqdm
 
 from sdlab.tiny import world
 from sdlab.tiny.common import (
     LossLog,
+    ScheduledSteps,
     VaeConfig,
     images_to_tensor,
     load_checkpoint,
-    lr_at,
     psnr,
     random_images,
     save_checkpoint,
@@ -115,10 +114,8 @@ def train_vae(cfg: VaeConfig, seed: int, workdir: Path, resume: bool = True) -> 
     eval_images = random_images(step_rng(seed, STAGE_ID, 10**8 + 1), 64, split="all")
     gen = torch.Generator().manual_seed(seed)
     vae.train()
-    bar = tqdm(range(start, cfg.steps), desc="vae", initial=start, total=cfg.steps)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+    steps = ScheduledSteps(opt, start, cfg.steps, cfg.lr, cfg.warmup, "vae")
+    for step in steps:
         x = images_to_tensor(random_images(step_rng(seed, STAGE_ID, step), cfg.batch_size))
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.sample(generator=gen)).sample
@@ -136,7 +133,7 @@ def train_vae(cfg: VaeConfig, seed: int, workdir: Path, resume: bool = True) -> 
             vae.train()
             log.info("vae step %d: loss %.5f psnr %.2f dB", step + 1, loss.item(), values["psnr"])
         losses.write(step, **values)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        steps.show(loss.item())
         if (step + 1) % CKPT_EVERY == 0:
             save_checkpoint(workdir / "ckpt", step + 1, vae, opt)
     vae.eval()
@@ -170,11 +167,9 @@ def finetune_decoder(cfg: VaeConfig, seed: int, workdir: Path, vae: AutoencoderK
     vae.eval()
     for m in decoder:
         m.train()
-    bar = tqdm(range(start, cfg.decoder_steps), desc="vae decoder", initial=start,
-               total=cfg.decoder_steps)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.decoder_steps, cfg.decoder_lr, cfg.decoder_warmup)
+    steps = ScheduledSteps(opt, start, cfg.decoder_steps, cfg.decoder_lr, cfg.decoder_warmup,
+                           "vae decoder")
+    for step in steps:
         x = images_to_tensor(random_images(step_rng(seed, STAGE_ID + 10, step), cfg.batch_size))
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
@@ -192,7 +187,7 @@ def finetune_decoder(cfg: VaeConfig, seed: int, workdir: Path, vae: AutoencoderK
                 m.train()
             log.info("vae decoder step %d: psnr %.2f dB", step + 1, values["psnr"])
         losses.write(step, **values)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        steps.show(loss.item())
         if (step + 1) % CKPT_EVERY == 0:
             save_checkpoint(workdir / "ckpt", step + 1, vae, opt)
     vae.eval().requires_grad_(False)
