@@ -14,6 +14,7 @@ That model repainted from the text at small t — a wrong caption at t=10 raised
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -66,14 +67,39 @@ def build_unet(cfg: UnetConfig, cross_attention_dim: int) -> UNet2DConditionMode
     )
 
 
-def pool_scenes(seed: int, n: int, filler_prob: float = 0.0
+_CHOICES = {"shape": world.SHAPES, "color": world.COLOR_NAMES, "background": world.COLOR_NAMES,
+            "position": world.POSITION_NAMES, "size": world.SIZE_NAMES}
+
+
+def mislabel(scene: world.Scene, rng: np.random.Generator, rate: float) -> world.Scene:
+    """The scene as a noisy caption describes it: each attribute, with probability `rate`,
+    replaced by another value. Never a held-out colour x shape pair, never a shape the
+    colour of its background. (The geometry stays: only the caption is drawn from this.)"""
+    if rate <= 0:
+        return scene
+    while True:
+        attrs = dict(scene.attributes)
+        for name, options in _CHOICES.items():
+            if rng.random() < rate:
+                others = [o for o in options if o != attrs[name]]
+                attrs[name] = others[rng.integers(len(others))]
+        if attrs["color"] != attrs["background"] and not world.is_held_out(
+            attrs["color"], attrs["shape"]
+        ):
+            return dataclasses.replace(scene, **attrs)
+
+
+def pool_scenes(seed: int, n: int, filler_prob: float = 0.0, caption_noise: float = 0.0
                 ) -> tuple[list[world.Scene], list[str]]:
     """The training pool's scenes and captions (cheap: no rendering); `filler_prob` of
-    the captions get random filler words, as in the text encoder's training."""
+    the captions get random filler words, as in the text encoder's training, and with
+    `caption_noise` each named attribute is wrong with that probability (see UnetConfig)."""
     rng = step_rng(seed, STAGE_ID, 10**8)
     scenes = [world.sample_scene(rng) for _ in range(n)]
     cap_rng = step_rng(seed, STAGE_ID, 10**8 + 1)
-    captions = [world.caption(s, cap_rng) for s in scenes]
+    noise_rng = step_rng(seed, STAGE_ID, 10**8 + 3)
+    said = [mislabel(s, noise_rng, caption_noise) for s in scenes]
+    captions = [world.caption(s, cap_rng) for s in said]
     fill_rng = step_rng(seed, STAGE_ID, 10**8 + 2)
     return scenes, [add_filler(c, fill_rng, filler_prob) for c in captions]
 
@@ -93,8 +119,9 @@ def encode_text(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, captions:
 
 
 def build_text_cache(path: Path, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-                     seed: int, n: int, filler_prob: float = 0.0) -> None:
-    _, captions = pool_scenes(seed, n, filler_prob)
+                     seed: int, n: int, filler_prob: float = 0.0,
+                     caption_noise: float = 0.0) -> None:
+    _, captions = pool_scenes(seed, n, filler_prob, caption_noise)
     states = encode_text(text_encoder, tokenizer, captions)
     empty = encode_text(text_encoder, tokenizer, [""], progress=False)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +160,7 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
     latent_path = workdir / "latent_cache.safetensors"
     if not (resume and text_path.is_file()):
         build_text_cache(text_path, text_encoder, tokenizer, seed, cfg.pool_size,
-                         cfg.filler_prob)
+                         cfg.filler_prob, cfg.caption_noise)
     if not (resume and latent_path.is_file()):
         build_latent_cache(latent_path, vae, seed, cfg.pool_size)
     text = load_file(str(text_path))
