@@ -125,3 +125,27 @@ def test_bar_checks_read_the_benchmark():
     bench["guidance_1.0"] = good
     failed = [name for name, _, ok in bar_checks(bench) if not ok]
     assert len(failed) == 2 and "held-out" in failed[0] and "1.0" in failed[1]
+
+
+def test_unet_stage_with_caption_noise_ramp(trained, tmp_path):
+    """caption_noise + noise_ramp: a clean and a noisy text cache, and the stage trains."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from sdlab.tiny.common import TinyConfig
+    from sdlab.tiny.train import _unet_stage
+
+    _, work, _ = trained
+    for stage in ("vae", "clip"):
+        (tmp_path / stage).symlink_to(work / stage)
+    config = TinyConfig.quick(seed=1)
+    config.unet = dataclasses.replace(config.unet, caption_noise=0.5, noise_ramp=True, steps=5)
+    _unet_stage(config, tmp_path, resume=False)
+    clean = load_file(str(tmp_path / "unet" / "text_cache.safetensors"))["states"]
+    noisy = load_file(str(tmp_path / "unet" / "text_cache_noisy.safetensors"))["states"]
+    assert clean.shape == noisy.shape
+    assert not torch.equal(clean, noisy)
+    # the clean cache is the one a run without noise builds
+    assert torch.equal(clean, load_file(str(work / "unet" / "text_cache.safetensors"))["states"])
+    assert len(LossLog(tmp_path / "unet" / "log.jsonl").read()) == 5

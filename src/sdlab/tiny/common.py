@@ -79,6 +79,9 @@ class UnetConfig:
     # image). A trial (0.3, 20% empty captions, 5,000 steps) fixed the overshoot but
     # conditioned more weakly: see the model card's Known problems.
     caption_noise: float = 0.0
+    # With noise_ramp, the noisy captions are used only as t falls (probability
+    # min(1, 2 (1 - t/1000)): always below t=500, never at t=1000), clean ones above.
+    noise_ramp: bool = False
     filler_prob: float = 0.5  # as the text encoder was trained
     snr_gamma: float = 0.0  # 0: plain epsilon MSE, as SD (>0: min-SNR weighting)
     ema_decay: float = 0.999

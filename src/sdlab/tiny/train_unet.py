@@ -158,13 +158,19 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
         return UNet2DConditionModel.from_pretrained(final)
     text_path = workdir / "text_cache.safetensors"
     latent_path = workdir / "latent_cache.safetensors"
+    ramp = cfg.noise_ramp and cfg.caption_noise > 0
+    noisy_path = workdir / "text_cache_noisy.safetensors"
     if not (resume and text_path.is_file()):
         build_text_cache(text_path, text_encoder, tokenizer, seed, cfg.pool_size,
+                         cfg.filler_prob, 0.0 if ramp else cfg.caption_noise)
+    if ramp and not (resume and noisy_path.is_file()):
+        build_text_cache(noisy_path, text_encoder, tokenizer, seed, cfg.pool_size,
                          cfg.filler_prob, cfg.caption_noise)
     if not (resume and latent_path.is_file()):
         build_latent_cache(latent_path, vae, seed, cfg.pool_size)
     text = load_file(str(text_path))
     states, empty = text["states"], text["empty"]
+    noisy_states = load_file(str(noisy_path))["states"] if ramp else None
     latents = load_file(str(latent_path))["latents"]
 
     torch.manual_seed(seed)
@@ -186,6 +192,10 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
         ctx[drop] = empty.float()
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
+        if noisy_states is not None:  # noisy captions as t falls (UnetConfig.noise_ramp)
+            share = (2.0 * (1.0 - t / scheduler.config.num_train_timesteps)).clamp(max=1.0)
+            use = (torch.rand(cfg.batch_size, generator=gen) < share) & ~drop
+            ctx[use] = noisy_states[idx[use]].float()
         noisy = scheduler.add_noise(x0, noise, t)
         eps = unet(noisy, t, encoder_hidden_states=ctx).sample
         per_sample = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
