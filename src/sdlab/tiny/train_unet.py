@@ -5,6 +5,8 @@ The VAE and text encoder are frozen, so the latents of a pool of world images an
 encoder states of their captions are computed once and cached (fp16): each training step
 is then only the UNet. ~10% of captions are replaced by "" for classifier-free guidance;
 the loss is SD's plain epsilon MSE over uniformly drawn t; the weights saved are an EMA.
+Optionally (UnetConfig.caption_noise, noise_ramp) captions name some attributes wrongly,
+which bounds what guidance can amplify; off for the shipped model (see its card).
 
 (min-SNR weighting, gamma 5, was tried first; it gives the small-t steps almost no weight.
 That model repainted from the text at small t — a wrong caption at t=10 raised its error
