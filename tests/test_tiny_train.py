@@ -1,5 +1,6 @@
 """`train-tiny --quick`: every stage's loss falls and the folder is a loadable SD model."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -7,10 +8,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
 
 from sdlab.tiny.cli import train_tiny
-from sdlab.tiny.common import LossLog
+from sdlab.tiny.common import LossLog, TinyConfig
 from sdlab.tiny.export import load_clip
+from sdlab.tiny.train import _unet_stage
 
 STAGES = ("vae", "clip", "unet")
 
@@ -129,13 +132,6 @@ def test_bar_checks_read_the_benchmark():
 
 def test_unet_stage_with_caption_noise_ramp(trained, tmp_path):
     """caption_noise + noise_ramp: a clean and a noisy text cache, and the stage trains."""
-    import dataclasses
-
-    from safetensors.torch import load_file
-
-    from sdlab.tiny.common import TinyConfig
-    from sdlab.tiny.train import _unet_stage
-
     _, work, _ = trained
     for stage in ("vae", "clip"):
         (tmp_path / stage).symlink_to(work / stage)

@@ -85,16 +85,9 @@ def sibling(scene: world.Scene, rng: np.random.Generator) -> world.Scene:
     for _ in range(100):
         attrs = scene.attributes
         key = _CHANGES[rng.integers(len(_CHANGES))]
-        options = {
-            "color": world.COLOR_NAMES, "background": world.COLOR_NAMES,
-            "shape": world.SHAPES, "position": world.POSITION_NAMES, "size": world.SIZE_NAMES,
-        }[key]  # fmt: skip
+        options = world.ATTRIBUTE_VALUES[key]
         attrs[key] = options[rng.integers(len(options))]
-        if attrs[key] == getattr(scene, key):
-            continue
-        if attrs["color"] == attrs["background"]:
-            continue
-        if world.is_held_out(attrs["color"], attrs["shape"]):
+        if attrs[key] == getattr(scene, key) or not world.in_training_split(attrs):
             continue
         return world.make_scene(rng=rng, **attrs)
     return world.sample_scene(rng)
@@ -120,12 +113,6 @@ def clip_batch(rng: np.random.Generator, n: int, filler_prob: float = 0.0) -> Cl
     return ClipBatch(images, captions, scenes, [m for _, m in texts])
 
 
-ATTRIBUTE_VALUES = {
-    "shape": world.SHAPES, "color": world.COLOR_NAMES, "background": world.COLOR_NAMES,
-    "position": world.POSITION_NAMES, "size": world.SIZE_NAMES,
-}  # fmt: skip
-
-
 class AttributeHeads(torch.nn.Module):
     """Linear read-outs of every attribute from the text and image embeddings.
 
@@ -138,21 +125,21 @@ class AttributeHeads(torch.nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.text = torch.nn.ModuleDict(
-            {k: torch.nn.Linear(dim, len(v)) for k, v in ATTRIBUTE_VALUES.items()})
+            {k: torch.nn.Linear(dim, len(v)) for k, v in world.ATTRIBUTE_VALUES.items()})
         self.image = torch.nn.ModuleDict(
-            {k: torch.nn.Linear(dim, len(v)) for k, v in ATTRIBUTE_VALUES.items()})
+            {k: torch.nn.Linear(dim, len(v)) for k, v in world.ATTRIBUTE_VALUES.items()})
 
     def loss(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor,
              batch: ClipBatch) -> torch.Tensor:
         total = 0.0
-        for key, values in ATTRIBUTE_VALUES.items():
+        for key, values in world.ATTRIBUTE_VALUES.items():
             labels = torch.tensor([values.index(getattr(s, key)) for s in batch.scenes])
             named = torch.tensor([key in m for m in batch.mentions])
             text_labels = torch.where(named, labels, torch.full_like(labels, -100))
             ce = torch.nn.functional.cross_entropy
             total = total + ce(self.text[key](text_embeds), text_labels, ignore_index=-100)
             total = total + ce(self.image[key](image_embeds), labels)
-        return total / (2 * len(ATTRIBUTE_VALUES))
+        return total / (2 * len(world.ATTRIBUTE_VALUES))
 
 
 def tokenize(tokenizer: CLIPTokenizer, captions: list[str], length: int) -> torch.Tensor:

@@ -69,10 +69,6 @@ def build_unet(cfg: UnetConfig, cross_attention_dim: int) -> UNet2DConditionMode
     )
 
 
-_CHOICES = {"shape": world.SHAPES, "color": world.COLOR_NAMES, "background": world.COLOR_NAMES,
-            "position": world.POSITION_NAMES, "size": world.SIZE_NAMES}
-
-
 def mislabel(scene: world.Scene, rng: np.random.Generator, rate: float) -> world.Scene:
     """The scene as a noisy caption describes it: each attribute, with probability `rate`,
     replaced by another value. Never a held-out colour x shape pair, never a shape the
@@ -80,14 +76,12 @@ def mislabel(scene: world.Scene, rng: np.random.Generator, rate: float) -> world
     if rate <= 0:
         return scene
     while True:
-        attrs = dict(scene.attributes)
-        for name, options in _CHOICES.items():
+        attrs = scene.attributes
+        for name, options in world.ATTRIBUTE_VALUES.items():
             if rng.random() < rate:
                 others = [o for o in options if o != attrs[name]]
                 attrs[name] = others[rng.integers(len(others))]
-        if attrs["color"] != attrs["background"] and not world.is_held_out(
-            attrs["color"], attrs["shape"]
-        ):
+        if world.in_training_split(attrs):
             return dataclasses.replace(scene, **attrs)
 
 

@@ -81,8 +81,23 @@ class Scene:
         }
 
 
+# Every attribute a caption names, and the values it can take (this order is the order of
+# the CLIP attribute read-out heads).
+ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
+    "shape": SHAPES, "color": COLOR_NAMES, "background": COLOR_NAMES,
+    "position": POSITION_NAMES, "size": SIZE_NAMES,
+}  # fmt: skip
+
+
 def is_held_out(color: str, shape: str) -> bool:
     return (color, shape) in HELD_OUT
+
+
+def in_training_split(attrs: dict[str, str]) -> bool:
+    """Whether scene attributes may appear in training: a shape not the colour of its
+    background, and not a held-out colour x shape pair."""
+    return attrs["color"] != attrs["background"] and not is_held_out(attrs["color"],
+                                                                     attrs["shape"])
 
 
 def make_scene(
