@@ -130,18 +130,49 @@ def test_bar_checks_read_the_benchmark():
     assert len(failed) == 2 and "held-out" in failed[0] and "1.0" in failed[1]
 
 
-def test_unet_stage_with_caption_noise_ramp(trained, tmp_path):
-    """caption_noise + noise_ramp: a clean and a noisy text cache, and the stage trains."""
+def test_unet_stage_runs_both_phases_and_resumes_inside_the_tune(trained, tmp_path):
+    """steps on clean captions, then tune_steps with a noisy cache beside the clean one;
+    stopped inside the tune, a rerun goes on from the checkpoint, not from the start."""
     _, work, _ = trained
     for stage in ("vae", "clip"):
         (tmp_path / stage).symlink_to(work / stage)
     config = TinyConfig.quick(seed=1)
-    config.unet = dataclasses.replace(config.unet, caption_noise=0.5, noise_ramp=True, steps=5)
+    config.unet = dataclasses.replace(config.unet, caption_noise=0.5, steps=5, tune_steps=0)
     _unet_stage(config, tmp_path, resume=False)
-    clean = load_file(str(tmp_path / "unet" / "text_cache.safetensors"))["states"]
-    noisy = load_file(str(tmp_path / "unet" / "text_cache_noisy.safetensors"))["states"]
-    assert clean.shape == noisy.shape
-    assert not torch.equal(clean, noisy)
-    # the clean cache is the one a run without noise builds
+    unet_dir = tmp_path / "unet"
+    assert not (unet_dir / "text_cache_noisy.safetensors").exists()  # no tune, no noisy cache
+    assert len(LossLog(unet_dir / "log.jsonl").read()) == 5
+    # the clean cache is the one the quick run built
+    clean = load_file(str(unet_dir / "text_cache.safetensors"))["states"]
     assert torch.equal(clean, load_file(str(work / "unet" / "text_cache.safetensors"))["states"])
-    assert len(LossLog(tmp_path / "unet" / "log.jsonl").read()) == 5
+
+    import shutil
+    shutil.rmtree(unet_dir / "final")  # as if stopped at the end of phase 1 (checkpoint 5)
+    config.unet = dataclasses.replace(config.unet, tune_steps=3)
+    _unet_stage(config, tmp_path, resume=True)
+    noisy = load_file(str(unet_dir / "text_cache_noisy.safetensors"))["states"]
+    assert noisy.shape == clean.shape and not torch.equal(clean, noisy)
+    assert [r["step"] for r in LossLog(unet_dir / "log.jsonl").read()] == list(range(8))
+    assert (unet_dir / "final" / "config.json").is_file()
+
+
+def test_guidance_tune_batches_use_noisy_captions_as_t_falls():
+    """Phase 1 never uses the noisy captions; the tune uses them with probability
+    min(1, 2 (1 - t/1000)) and leaves out uncond_prob of the captions."""
+    from sdlab.tiny.common import UnetConfig
+    from sdlab.tiny.train_unet import Pool, ddpm_scheduler, training_batch
+
+    n, d = 50, 4
+    pool = Pool(latents=torch.zeros(n, 4, 8, 8), states=torch.zeros(n, 77, d),
+                empty=-torch.ones(1, 77, d), noisy_states=torch.ones(n, 77, d))
+    cfg = UnetConfig(batch_size=4000)
+    scheduler = ddpm_scheduler()
+    _, t, ctx, _ = training_batch(pool, cfg, 0, 7, 0.0, False, scheduler)
+    assert (ctx == 0).all()
+    _, t, ctx, _ = training_batch(pool, cfg, 0, 7, 0.2, True, scheduler)
+    kind = ctx[:, 0, 0]
+    assert abs((kind == -1).float().mean().item() - 0.2) < 0.03
+    kept = kind != -1
+    low, high = kept & (t < 500), kept & (t >= 900)
+    assert (kind[low] == 1).all()  # always noisy below t = 500
+    assert 0.05 < (kind[high] == 1).float().mean().item() < 0.15  # ~2 (1 - t/1000) ~ 0.1

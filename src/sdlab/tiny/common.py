@@ -73,15 +73,18 @@ class UnetConfig:
     lr: float = 6e-4
     warmup: int = 200
     uncond_prob: float = 0.1
-    # Share of each caption attribute named wrongly (0: clean captions, as shipped). The
-    # world's captions pin an image down exactly, so a UNet trained on clean ones learns an
-    # unbounded "classifier" and guidance 7.5 overshoots; noisy labels bound p(caption |
-    # image). A trial (0.3, 20% empty captions, 5,000 steps) fixed the overshoot but
-    # conditioned more weakly: see the model card's Known problems.
-    caption_noise: float = 0.0
-    # With noise_ramp, the noisy captions are used only as t falls (probability
+    # Phase 2, the guidance tune: `tune_steps` more steps with noisy captions and more
+    # empty ones. The world's captions pin an image down exactly, so a UNet trained only on
+    # clean ones learns an unbounded "classifier" p(caption | image) and guidance 7.5
+    # overshoots; captions that name each attribute wrongly at `caption_noise` bound it.
+    # The learning rate follows the tail of a cosine over steps + tune_steps (a warm
+    # restart). tune_steps=0: clean captions only (the model of sdlab 0.1's card).
+    tune_steps: int = 3000
+    tune_uncond_prob: float = 0.2
+    caption_noise: float = 0.2
+    # With noise_ramp the noisy captions are used only as t falls (probability
     # min(1, 2 (1 - t/1000)): always below t=500, never at t=1000), clean ones above.
-    noise_ramp: bool = False
+    noise_ramp: bool = True
     filler_prob: float = 0.5  # as the text encoder was trained
     snr_gamma: float = 0.0  # 0: plain epsilon MSE, as SD (>0: min-SNR weighting)
     ema_decay: float = 0.999
@@ -113,7 +116,7 @@ class TinyConfig:
             ),
             unet=UnetConfig(
                 block_out_channels=(32, 32), attention_head_dim=8, pool_size=128, steps=30,
-                batch_size=32, lr=2e-3, warmup=5,
+                batch_size=32, lr=2e-3, warmup=5, tune_steps=6,
             ),
         )  # fmt: skip
 

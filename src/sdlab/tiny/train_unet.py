@@ -5,8 +5,9 @@ The VAE and text encoder are frozen, so the latents of a pool of world images an
 encoder states of their captions are computed once and cached (fp16): each training step
 is then only the UNet. ~10% of captions are replaced by "" for classifier-free guidance;
 the loss is SD's plain epsilon MSE over uniformly drawn t; the weights saved are an EMA.
-Optionally (UnetConfig.caption_noise, noise_ramp) captions name some attributes wrongly,
-which bounds what guidance can amplify; off for the shipped model (see its card).
+A second phase, the guidance tune (UnetConfig.tune_steps), goes on with captions that name
+some attributes wrongly (caption_noise, more often as t falls) and more empty captions:
+that bounds what guidance can amplify, so guidance 7.5 no longer overshoots (see the card).
 
 (min-SNR weighting, gamma 5, was tried first; it gives the small-t steps almost no weight.
 That model repainted from the text at small t — a wrong caption at t=10 raised its error
@@ -144,30 +145,69 @@ def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float) -> 
     return torch.clamp(snr, max=gamma) / snr
 
 
-def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextModel,
-               tokenizer: CLIPTokenizer, vae: AutoencoderKL,
-               resume: bool = True) -> UNet2DConditionModel:
-    """Train (or resume, or load when finished) the UNet; returns the EMA weights."""
-    final = workdir / "final"
-    if resume and (final / "config.json").is_file():
-        log.info("unet: already trained, loading %s", final)
-        return UNet2DConditionModel.from_pretrained(final)
+@dataclasses.dataclass
+class Pool:
+    """The cached training pool: latents, caption states (clean and, for the guidance
+    tune, noisy) and the empty caption's states."""
+
+    latents: torch.Tensor
+    states: torch.Tensor
+    empty: torch.Tensor
+    noisy_states: torch.Tensor | None
+
+
+def load_pool(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextModel,
+              tokenizer: CLIPTokenizer, vae: AutoencoderKL, resume: bool) -> Pool:
+    """Build (or, resuming, reuse) the latent and text caches and load them."""
     text_path = workdir / "text_cache.safetensors"
-    latent_path = workdir / "latent_cache.safetensors"
-    ramp = cfg.noise_ramp and cfg.caption_noise > 0
     noisy_path = workdir / "text_cache_noisy.safetensors"
+    latent_path = workdir / "latent_cache.safetensors"
+    noisy = cfg.tune_steps > 0 and cfg.caption_noise > 0
     if not (resume and text_path.is_file()):
         build_text_cache(text_path, text_encoder, tokenizer, seed, cfg.pool_size,
-                         cfg.filler_prob, 0.0 if ramp else cfg.caption_noise)
-    if ramp and not (resume and noisy_path.is_file()):
+                         cfg.filler_prob)
+    if noisy and not (resume and noisy_path.is_file()):
         build_text_cache(noisy_path, text_encoder, tokenizer, seed, cfg.pool_size,
                          cfg.filler_prob, cfg.caption_noise)
     if not (resume and latent_path.is_file()):
         build_latent_cache(latent_path, vae, seed, cfg.pool_size)
     text = load_file(str(text_path))
-    states, empty = text["states"], text["empty"]
-    noisy_states = load_file(str(noisy_path))["states"] if ramp else None
-    latents = load_file(str(latent_path))["latents"]
+    return Pool(load_file(str(latent_path))["latents"], text["states"], text["empty"],
+                load_file(str(noisy_path))["states"] if noisy else None)
+
+
+def training_batch(pool: Pool, cfg: UnetConfig, seed: int, step: int, uncond_prob: float,
+                   noisy_captions: bool, scheduler: DDPMScheduler
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy latents, t, caption states, noise) of one step, the same on a resumed run."""
+    rng = step_rng(seed, STAGE_ID, step)
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    idx = torch.from_numpy(rng.integers(len(pool.latents), size=cfg.batch_size))
+    x0 = pool.latents[idx].float()  # (B, 4, 8, 8)
+    ctx = pool.states[idx].float()  # (B, 77, d)
+    drop = torch.from_numpy(rng.random(cfg.batch_size) < uncond_prob)
+    ctx[drop] = pool.empty.float()
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
+    if noisy_captions and pool.noisy_states is not None:
+        share = torch.ones(cfg.batch_size)
+        if cfg.noise_ramp:  # noisy captions only as t falls
+            share = (2.0 * (1.0 - t / scheduler.config.num_train_timesteps)).clamp(max=1.0)
+        use = (torch.rand(cfg.batch_size, generator=gen) < share) & ~drop
+        ctx[use] = pool.noisy_states[idx[use]].float()
+    return scheduler.add_noise(x0, noise, t), t, ctx, noise
+
+
+def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextModel,
+               tokenizer: CLIPTokenizer, vae: AutoencoderKL,
+               resume: bool = True) -> UNet2DConditionModel:
+    """Train (or resume, or load when finished) the UNet: `steps` on clean captions, then
+    `tune_steps` of the guidance tune (see UnetConfig); returns the EMA weights."""
+    final = workdir / "final"
+    if resume and (final / "config.json").is_file():
+        log.info("unet: already trained, loading %s", final)
+        return UNet2DConditionModel.from_pretrained(final)
+    pool = load_pool(cfg, seed, workdir, text_encoder, tokenizer, vae, resume)
 
     torch.manual_seed(seed)
     unet = build_unet(cfg, text_encoder.config.hidden_size)
@@ -177,39 +217,34 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
     scheduler = ddpm_scheduler()
     losses = LossLog(workdir / "log.jsonl")
     unet.train()
-    steps = ScheduledSteps(opt, start, cfg.steps, cfg.lr, cfg.warmup, "unet")
-    for step in steps:
-        rng = step_rng(seed, STAGE_ID, step)
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        idx = torch.from_numpy(rng.integers(len(latents), size=cfg.batch_size))
-        x0 = latents[idx].float()  # (B, 4, 8, 8)
-        ctx = states[idx].float()  # (B, 77, d)
-        drop = torch.from_numpy(rng.random(cfg.batch_size) < cfg.uncond_prob)
-        ctx[drop] = empty.float()
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
-        if noisy_states is not None:  # noisy captions as t falls (UnetConfig.noise_ramp)
-            share = (2.0 * (1.0 - t / scheduler.config.num_train_timesteps)).clamp(max=1.0)
-            use = (torch.rand(cfg.batch_size, generator=gen) < share) & ~drop
-            ctx[use] = noisy_states[idx[use]].float()
-        noisy = scheduler.add_noise(x0, noise, t)
-        eps = unet(noisy, t, encoder_hidden_states=ctx).sample
-        per_sample = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
-        if cfg.snr_gamma > 0:
-            loss = (min_snr_weights(scheduler, t, cfg.snr_gamma) * per_sample).mean()
-        else:
-            loss = per_sample.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()), 1.0 - decay)
-        losses.write(step, loss=loss.item(), mse=per_sample.mean().item())
-        steps.show(loss.item())
-        if (step + 1) % CKPT_EVERY == 0:
-            save_checkpoint(workdir / "ckpt", step + 1, unet, opt, extra={"ema": ema})
-            log.info("unet step %d: loss %.4f", step + 1, loss.item())
+    total = cfg.steps + cfg.tune_steps
+    phases = [  # (first step, end and cosine horizon, empty-caption share, noisy captions)
+        (start, cfg.steps, cfg.uncond_prob, False, "unet"),
+        (max(start, cfg.steps), total, cfg.tune_uncond_prob, True, "unet guidance tune"),
+    ]
+    for first, end, uncond_prob, noisy_captions, desc in phases:
+        steps = ScheduledSteps(opt, first, end, cfg.lr, cfg.warmup, desc)
+        for step in steps:
+            noisy, t, ctx, noise = training_batch(pool, cfg, seed, step, uncond_prob,
+                                                  noisy_captions, scheduler)
+            eps = unet(noisy, t, encoder_hidden_states=ctx).sample
+            per_sample = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
+            if cfg.snr_gamma > 0:
+                loss = (min_snr_weights(scheduler, t, cfg.snr_gamma) * per_sample).mean()
+            else:
+                loss = per_sample.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            opt.step()
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()),
+                                     1.0 - decay)
+            losses.write(step, loss=loss.item(), mse=per_sample.mean().item())
+            steps.show(loss.item())
+            if (step + 1) % CKPT_EVERY == 0 or step + 1 == cfg.steps:
+                save_checkpoint(workdir / "ckpt", step + 1, unet, opt, extra={"ema": ema})
+                log.info("%s step %d: loss %.4f", desc, step + 1, loss.item())
     ema.save_pretrained(final)
     return ema
