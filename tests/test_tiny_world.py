@@ -1,5 +1,7 @@
 """The synthetic world: deterministic, held-out pairs excluded, captions name the scene."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,30 @@ def test_make_scene_rejects_bad_input():
         world.make_scene("circle", "red", "red", "left", "small")
     with pytest.raises(ValueError, match="unknown shape"):
         world.make_scene("hexagon", "red", "blue", "left", "small")
+
+
+def _template_words(texts) -> set[str]:
+    return {w for t in texts for w in re.findall(r"[a-z]+", re.sub(r"\{\w+\}", "", t))}
+
+
+def test_captions_put_the_colour_on_both_sides_of_the_shape():
+    """Not every caption reads "{color} {shape}": some name the colour after the shape,
+    so the text encoder has to read the words, not their order."""
+    before = [t for t in world._TEMPLATES if "{color} {shape}" in t]
+    after = [t for t in world._TEMPLATES if t.index("{shape}") < t.index("{color}")]
+    assert before and after
+
+
+def test_benchmark_wording_stays_out_of_the_training_captions():
+    """The benchmark's prompts are worded unlike training: its templates share only glue
+    and position words with the world's caption grammar (so "colored", "against",
+    "backdrop;", "icon", "solid", ... stay unseen)."""
+    from sdlab.tiny import benchmark
+
+    training = _template_words(list(world._TEMPLATES) + [
+        p for table in (world._POSITION_PHRASES, world._POSITION_WORDS, world._SIZE_WORDS)
+        for phrases in table.values() for p in phrases] + list(world._BACKGROUND_WORDS))
+    bench = _template_words(benchmark._TEMPLATES)
+    glue = {"a", "an", "of", "on", "in", "the", "with", "at", "background", "backdrop"}
+    assert training & bench <= glue
+    assert {"colored", "against", "icon", "solid", "over", "placed"} <= bench - training

@@ -227,6 +227,16 @@ _TEMPLATES = [
     "{color} {shape} {pos_phrase}",
     "a {bg} {bgword}, a {color} {shape} {pos_phrase}",
     "{size} {color} {shape} on {bg} {pos_phrase}",
+    # The shape's colour after the shape, and the background named without "on": without
+    # these every caption reads "{color} {shape}", and the text encoder learns word order
+    # instead of what the words say.
+    "a {size} {shape} in {color}, {pos_phrase}, {bg} {bgword}",
+    "a {shape} painted {color} on a {bg} {bgword}",
+    "{size} {shape}, {color}, {pos_word}, {bg} {bgword}",
+    "a {shape} in {color} {pos_phrase} on {bg}",
+    "a {size} {shape} painted {color} {pos_phrase}, in front of {bg}",
+    "{bg} all around a {size} {color} {shape} {pos_phrase}",
+    "a {color} {shape} {pos_phrase} with {bg} behind it",
 ]
 
 
