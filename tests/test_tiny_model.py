@@ -68,3 +68,21 @@ def test_preview_map_predicts_colours():
     fitted = (rgb - target).abs().mean()
     constant = (target.mean(dim=(0, 2, 3), keepdim=True) - target).abs().mean()
     assert fitted < 0.75 * constant, (fitted, constant)
+
+
+def test_clip_guide_sees_images_as_the_clip_was_trained():
+    """The guide's CLIP features of an image equal the tower's on the training
+    preprocessing ([-1, 1], common.images_to_tensor): clip/ carries its image processor,
+    so the guide does not apply OpenAI CLIP's pixel statistics to this CLIP."""
+    from sdlab.clip_guidance import clip_for
+    from sdlab.models import load
+    from sdlab.tiny.common import images_to_tensor
+    from sdlab.tiny.export import load_clip
+
+    images = (np.random.default_rng(0).random((2, 64, 64, 3)) * 255).astype(np.uint8)
+    scorer = clip_for(load(str(FOLDER)))
+    with torch.no_grad():
+        guide = scorer.image_features(torch.from_numpy(images).permute(0, 3, 1, 2) / 255.0)
+        out = load_clip(FOLDER).get_image_features(pixel_values=images_to_tensor(images))
+    trained = torch.nn.functional.normalize(getattr(out, "pooler_output", out), dim=-1)
+    assert (guide - trained).abs().max() <= 1e-5

@@ -56,6 +56,8 @@ def test_folder_layout_and_configs(trained):
     assert text["vocab_size"] == 49408 and text["max_position_embeddings"] == 77
     for sub in ("text_encoder", "vae", "unet", "clip"):
         assert list((out / sub).glob("*.safetensors")), sub
+    processor = json.loads((out / "clip" / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == processor["image_std"] == [0.5] * 3  # [-1, 1]
 
 
 def test_preview_map_is_written(trained):

@@ -151,6 +151,33 @@ def vae_roundtrip_accuracy(
     return accuracy(list(recs), prompts)
 
 
+@torch.no_grad()
+def clip_zero_shot(folder: Path, prompts: list[Prompt]) -> dict[str, float]:
+    """The shipped CLIP read zero-shot, as CLIP guidance uses it: for each prompt and
+    attribute, is the prompt closest to the image of its true scene among the scenes that
+    differ only in that attribute?"""
+    from sdlab.clip_guidance import clip_for
+    from sdlab.models import load
+
+    scorer = clip_for(load(str(folder)))
+    if scorer is None:
+        return {}
+    hits: dict[str, list[bool]] = {k: [] for k in ("color", "background", "shape", "position")}
+    for p in prompts:
+        text = scorer.text_features(p.text)[0]
+        for attr, ok in hits.items():
+            values, images = [], []
+            for value in world.ATTRIBUTE_VALUES[attr]:
+                attrs = {**p.scene.attributes, attr: value}
+                if attrs["color"] != attrs["background"]:
+                    values.append(value)
+                    images.append(world.render(world.make_scene(**attrs)))
+            x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+            best = int((scorer.image_features(x) @ text).argmax())
+            ok.append(values[best] == p.scene.attributes[attr])
+    return {k: float(np.mean(v)) for k, v in hits.items()}
+
+
 def time_one_image(pipe: StableDiffusionPipeline, repeats: int = 3) -> float:
     """Median seconds for one 64x64 image, 30 LMS steps, guidance 7.5, batch 1."""
     times = []
@@ -200,6 +227,7 @@ def run_benchmark(folder: Path | str = DEFAULT_FOLDER, n: int = 200, n_low_guida
         "guidance_7.5_by_template": by_template,
         "vae_psnr_db": vae_psnr(pipe),
         "vae_roundtrip_judge": vae_roundtrip_accuracy(pipe, prompts),
+        "clip_zero_shot": clip_zero_shot(folder, prompts),
         "seconds_per_image": time_one_image(pipe),
         "torch_threads": torch.get_num_threads(),
         "examples": [

@@ -133,9 +133,10 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         f"{', '.join(world.COLORS)}. Positions: {', '.join(world.POSITIONS)} "
         f"(+-{world.POSITION_JITTER:g} px jitter). Sizes: small (radius "
         f"{world.SIZES['small']:g} px), large ({world.SIZES['large']:g} px). Captions from "
-        "14 templates with varied wording (\"a small green triangle at the top, white "
-        "backdrop\", \"purple backdrop with a big white star on the left\", ...); 10% are "
-        "replaced by the empty caption for classifier-free guidance. Held out of all "
+        f"{len(world._TEMPLATES)} templates with varied wording and word order (\"a small "
+        "green triangle at the top, white backdrop\", \"purple backdrop with a big white "
+        "star on the left\", \"a star painted red on a blue background\", ...). Held out "
+        "of all "
         "training (never drawn as a captioned or uncaptioned training image): "
         + ", ".join(f"{c} {s}" for c, s in sorted(world.HELD_OUT)) + ".",
         "",
@@ -186,12 +187,18 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         f"3. UNet on cached latents (posterior means x scaling factor) and cached "
         f"text-encoder states (77 tokens, as the pipeline computes them) of a "
         f"{uc_.pool_size:,}-image pool; SD's DDPM noise schedule, "
-        f"{uc_.uncond_prob:.0%} empty captions, "
-        + (f"{uc_.caption_noise:.0%} of each caption's attributes named wrongly, "
-           if uc_.caption_noise > 0 else "")
         + ("plain epsilon MSE over uniform t (as SD)" if uc_.snr_gamma <= 0 else
            f"min-SNR (gamma {uc_.snr_gamma:g}) weighted epsilon loss")
-        + f", batch {uc_.batch_size}, {uc_.steps:,} steps, EMA weights ({uc_.ema_decay:g}).",
+        + f", batch {uc_.batch_size}, EMA weights ({uc_.ema_decay:g}); {uc_.steps:,} steps "
+        f"with {uc_.uncond_prob:.0%} empty captions (classifier-free guidance), then "
+        + (f"the guidance tune: {uc_.tune_steps:,} steps with {uc_.tune_uncond_prob:.0%} "
+           f"empty captions and captions that name each attribute wrongly "
+           f"{uc_.caption_noise:.0%} of the time"
+           + (" -- always below t=500, ever less often above (never at t=1000)"
+              if uc_.noise_ramp else "")
+           + ", the learning rate on the tail of a cosine over both phases. Without the "
+           "tune, guidance 7.5 overshoots (Known problems)."
+           if uc_.tune_steps > 0 else "no guidance tune."),
         f"4. The VAE decoder alone on the frozen encoder's posterior means, beside the UNet "
         f"({vc_.decoder_steps:,} steps; the UNet only depends on the encoder).",
         "",
@@ -202,8 +209,8 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         "pooled embedding named the position right only 23% of the time (chance: 20%) "
         "and \"left\"/\"right\" captions gave nearly the same states (mean token distance "
         "0.10, against 3-5 for colour, shape or size); with 4: 73% and 1.65. The image "
-        "tower still reads shape and position at about chance after its 1,600 steps "
-        "(colour, background and size 97-100%): CLIP guidance by shape is weak.",
+        "tower reads shape and position far less well than colour (the CLIP zero-shot "
+        "line under Benchmark): CLIP guidance by shape is weak.",
         "",
         "History: the first sdlab-tiny (a run steered by hand) weighted the UNet's loss "
         "by min-SNR (gamma 5), which gives the small-t steps almost no weight. That model "
@@ -275,6 +282,15 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
                     f"{k} {_pct(v[k])}" for k in ("color", "background", "shape", "position",
                                                   "size")) + ".",
             ]
+        if bench.get("clip_zero_shot"):
+            c = bench["clip_zero_shot"]
+            lines += [
+                "",
+                "The CLIP, zero-shot, as CLIP guidance uses it (is the prompt closest to the "
+                "image of its own scene among the scenes that differ in one attribute?): "
+                + ", ".join(f"{k} {_pct(c[k])}" for k in ("color", "background", "shape",
+                                                          "position")) + ".",
+            ]
         lines += [
             "",
             f"VAE round trip on unseen images: {bench['vae_psnr_db']:.2f} dB PSNR. "
@@ -332,7 +348,7 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         "model's conditioning and meets the shape bar at 7.5.",
         "- Held-out colour x shape pairs: at guidance 3 the shape is usually right but the "
         "colour often is the one the shape was trained with.",
-        "- The CLIP image tower reads shape and position at about chance (see Training).",
+        "- The CLIP reads shape and position far less well than colour (Benchmark).",
         "",
         "## Limits",
         "",

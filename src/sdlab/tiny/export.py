@@ -22,6 +22,7 @@ from diffusers import (
 )
 from safetensors.torch import load_file, save_file
 from transformers import (
+    CLIPImageProcessorPil,
     CLIPModel,
     CLIPTextModel,
     CLIPTokenizer,
@@ -63,6 +64,17 @@ def build_pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, unet: UNet2D
     )  # fmt: skip
 
 
+def image_processor(size: int) -> CLIPImageProcessorPil:
+    """The tiny CLIP's preprocessing as a transformers processor: it was trained on
+    images scaled to [-1, 1] (common.images_to_tensor), i.e. mean 0.5 and std 0.5 on
+    [0, 1] -- not OpenAI CLIP's pixel statistics, which a CLIP folder without this file
+    is given."""
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+        image_mean=[0.5] * 3, image_std=[0.5] * 3,
+    )  # fmt: skip
+
+
 def save_model(out: Path, vae: AutoencoderKL, clip: CLIPModel,
                unet: UNet2DConditionModel) -> Path:
     """Write the sdlab-tiny folder: the SD pipeline in fp16 safetensors plus clip/."""
@@ -78,6 +90,7 @@ def save_model(out: Path, vae: AutoencoderKL, clip: CLIPModel,
     shutil.copytree(TOKENIZER_DIR, out / "tokenizer")
     vision = vision_from_clip(clip)
     vision.to(torch.float16).save_pretrained(out / "clip", safe_serialization=True)
+    image_processor(vision.config.image_size).save_pretrained(out / "clip")
     save_file(
         {
             "text_projection.weight": clip.text_projection.weight.detach().half().contiguous(),
