@@ -18,7 +18,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 SDLAB = [sys.executable, "-m", "sdlab"]
-G = "--guidance 3"  # the bundled model's working guidance (its card; at 7.5 it overshoots)
+G = "--guidance 5"  # the bundled model's working guidance (its card: best at 5)
 
 
 def sdlab(command: str) -> None:
