@@ -78,7 +78,7 @@ class UnetConfig:
     # clean ones learns an unbounded "classifier" p(caption | image) and guidance 7.5
     # overshoots; captions that name each attribute wrongly at `caption_noise` bound it.
     # The learning rate follows the tail of a cosine over steps + tune_steps (a warm
-    # restart). tune_steps=0: clean captions only (the model of sdlab 0.1's card).
+    # restart). tune_steps=0: clean captions only (the first shipped model's recipe).
     tune_steps: int = 3000
     tune_uncond_prob: float = 0.2
     caption_noise: float = 0.2

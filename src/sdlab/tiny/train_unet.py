@@ -218,33 +218,42 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
     losses = LossLog(workdir / "log.jsonl")
     unet.train()
     total = cfg.steps + cfg.tune_steps
-    phases = [  # (first step, end and cosine horizon, empty-caption share, noisy captions)
+    phases = [  # (first step, end = cosine horizon, empty-caption share, noisy captions, bar)
         (start, cfg.steps, cfg.uncond_prob, False, "unet"),
         (max(start, cfg.steps), total, cfg.tune_uncond_prob, True, "unet guidance tune"),
     ]
     for first, end, uncond_prob, noisy_captions, desc in phases:
         steps = ScheduledSteps(opt, first, end, cfg.lr, cfg.warmup, desc)
         for step in steps:
-            noisy, t, ctx, noise = training_batch(pool, cfg, seed, step, uncond_prob,
-                                                  noisy_captions, scheduler)
-            eps = unet(noisy, t, encoder_hidden_states=ctx).sample
-            per_sample = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
-            if cfg.snr_gamma > 0:
-                loss = (min_snr_weights(scheduler, t, cfg.snr_gamma) * per_sample).mean()
-            else:
-                loss = per_sample.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            opt.step()
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()),
-                                     1.0 - decay)
-            losses.write(step, loss=loss.item(), mse=per_sample.mean().item())
-            steps.show(loss.item())
+            batch = training_batch(pool, cfg, seed, step, uncond_prob, noisy_captions,
+                                   scheduler)
+            loss, mse = _optimizer_step(unet, ema, opt, scheduler, batch, cfg, step)
+            losses.write(step, loss=loss, mse=mse)
+            steps.show(loss)
             if (step + 1) % CKPT_EVERY == 0 or step + 1 == cfg.steps:
                 save_checkpoint(workdir / "ckpt", step + 1, unet, opt, extra={"ema": ema})
-                log.info("%s step %d: loss %.4f", desc, step + 1, loss.item())
+                log.info("%s step %d: loss %.4f", desc, step + 1, loss)
     ema.save_pretrained(final)
     return ema
+
+
+def _optimizer_step(unet: UNet2DConditionModel, ema: UNet2DConditionModel,
+                    opt: torch.optim.Optimizer, scheduler: DDPMScheduler,
+                    batch: tuple[torch.Tensor, ...], cfg: UnetConfig,
+                    step: int) -> tuple[float, float]:
+    """One epsilon-prediction step and the EMA update; returns (loss, plain MSE)."""
+    noisy, t, ctx, noise = batch
+    eps = unet(noisy, t, encoder_hidden_states=ctx).sample
+    per_sample = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
+    if cfg.snr_gamma > 0:
+        loss = (min_snr_weights(scheduler, t, cfg.snr_gamma) * per_sample).mean()
+    else:
+        loss = per_sample.mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    opt.step()
+    decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()), 1.0 - decay)
+    return loss.item(), per_sample.mean().item()
