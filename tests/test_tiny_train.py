@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -148,7 +149,6 @@ def test_unet_stage_runs_both_phases_and_resumes_inside_the_tune(trained, tmp_pa
     clean = load_file(str(unet_dir / "text_cache.safetensors"))["states"]
     assert torch.equal(clean, load_file(str(work / "unet" / "text_cache.safetensors"))["states"])
 
-    import shutil
     shutil.rmtree(unet_dir / "final")  # as if stopped at the end of phase 1 (checkpoint 5)
     config.unet = dataclasses.replace(config.unet, tune_steps=3)
     _unet_stage(config, tmp_path, resume=True)
