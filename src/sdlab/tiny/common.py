@@ -60,6 +60,7 @@ class ClipConfig:
     weight_decay: float = 0.05
     attr_weight: float = 4.0  # weight of the attribute read-out loss (see AttributeHeads)
     filler_prob: float = 0.5  # share of captions with random filler words (see filler.py)
+    word_invariance: float = 1.0  # weight of the word-invariance loss (see train_clip)
 
 
 @dataclass

@@ -4,10 +4,17 @@ captions, with the real CLIP tokenizer. Its text tower becomes the frozen text e
 Half of each batch are "siblings" of the other half: the same scene with one attribute
 changed (colour, shape, background, position or size), so the words that tell scenes
 apart must be told apart by the encoder (hard negatives).
+
+With `word_invariance`, each caption also has a twin with one colour, shape or background
+word swapped, and the encoder's states at every other word must not change: a word's state
+may depend on the words around it, but not on which colour or shape another word names.
+Without this the state of "cross" in "a yellow cross" is a yellow-and-cross feature, never
+seen when the pair is held out, and the UNet reads it as some other shape (see the card).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -99,18 +106,53 @@ class ClipBatch:
     captions: list[str]
     scenes: list[world.Scene]
     mentions: list[frozenset[str]]  # the attributes each caption names
+    twins: list[str] | None = None  # each caption with one attribute word swapped
 
 
-def clip_batch(rng: np.random.Generator, n: int, filler_prob: float = 0.0) -> ClipBatch:
+_SWAPPABLE = ("color", "shape", "background")  # attributes named by one word, one token
+
+
+def word_swap(scene: world.Scene, rng: np.random.Generator,
+              mentions: frozenset[str]) -> world.Scene:
+    """The scene with its colour, shape or background changed (one its caption names, in the
+    training split): a caption drawn with the same random choices differs in that word."""
+    keys = [k for k in _SWAPPABLE if k in mentions]
+    while True:
+        attrs = scene.attributes
+        key = keys[rng.integers(len(keys))]
+        options = [o for o in world.ATTRIBUTE_VALUES[key] if o != attrs[key]]
+        attrs[key] = options[rng.integers(len(options))]
+        if world.in_training_split(attrs):
+            return dataclasses.replace(scene, **attrs)
+
+
+def clip_batch(rng: np.random.Generator, n: int, filler_prob: float = 0.0,
+               twins: bool = False) -> ClipBatch:
     """n images and captions: n/2 random training scenes, then one sibling of each;
-    `filler_prob` of the captions get random filler words (see filler.py)."""
+    `filler_prob` of the captions get random filler words (see filler.py); with `twins`,
+    each caption's word-swapped twin too (see word_invariance_loss)."""
     base = [world.sample_scene(rng) for _ in range(n // 2)]
     scenes = base + [sibling(s, rng) for s in base]
     scenes += [world.sample_scene(rng) for _ in range(n - len(scenes))]
     images = np.stack([world.render(s) for s in scenes])
-    texts = [world.caption_and_mentions(s, rng) for s in scenes]
-    captions = [add_filler(t, rng, filler_prob) for t, _ in texts]
-    return ClipBatch(images, captions, scenes, [m for _, m in texts])
+    caption_states, filler_states = [], []
+    texts = []
+    for s in scenes:
+        caption_states.append(copy.deepcopy(rng) if twins else None)
+        texts.append(world.caption_and_mentions(s, rng))
+    captions = []
+    for t, _ in texts:
+        filler_states.append(copy.deepcopy(rng) if twins else None)
+        captions.append(add_filler(t, rng, filler_prob))
+    batch = ClipBatch(images, captions, scenes, [m for _, m in texts])
+    if twins:  # the same template, wording and filler as the caption: only one word differs
+        swap_rng = np.random.default_rng(rng.integers(2**63))
+        batch.twins = [
+            add_filler(world.caption(word_swap(s, swap_rng, m), c), f, filler_prob)
+            for s, (_, m), c, f in zip(scenes, texts, caption_states, filler_states,
+                                       strict=True)
+        ]
+    return batch
 
 
 class AttributeHeads(torch.nn.Module):
@@ -158,23 +200,37 @@ def retrieval_accuracy(model: CLIPModel, tokenizer: CLIPTokenizer, seed: int, n:
     return float((out.logits_per_image.argmax(1) == torch.arange(n)).float().mean())
 
 
+def word_invariance_loss(model: CLIPModel, ids: torch.Tensor, states: torch.Tensor,
+                         twin_ids: torch.Tensor) -> torch.Tensor:
+    """Mean squared change of the text states at the words a caption and its twin share
+    (every word but the swapped one; not the end token and padding, which sum up the
+    caption and must change)."""
+    twin_states = model.text_model(input_ids=twin_ids).last_hidden_state
+    shared = (ids == twin_ids) & (ids != EOS)
+    return ((states - twin_states) ** 2).mean(dim=-1)[shared].mean()
+
+
 def clip_step(model: CLIPModel, heads: AttributeHeads, opt: torch.optim.Optimizer,
               tokenizer: CLIPTokenizer, cfg: ClipConfig, batch: ClipBatch) -> dict[str, float]:
-    """One optimisation step: contrastive loss + attr_weight x attribute read-out loss."""
-    out = model(
-        input_ids=tokenize(tokenizer, batch.captions, cfg.text_len),
-        pixel_values=images_to_tensor(batch.images),
-        return_loss=True,
-    )
+    """One optimisation step: contrastive loss + attr_weight x attribute read-out loss
+    (+ word_invariance x word_invariance_loss)."""
+    ids = tokenize(tokenizer, batch.captions, cfg.text_len)
+    out = model(input_ids=ids, pixel_values=images_to_tensor(batch.images), return_loss=True)
     attr = heads.loss(out.text_embeds, out.image_embeds, batch)
     loss = out.loss + cfg.attr_weight * attr
+    values = {"contrastive": out.loss.item(), "attributes": attr.item()}
+    if batch.twins is not None:
+        inv = word_invariance_loss(model, ids, out.text_model_output.last_hidden_state,
+                                   tokenize(tokenizer, batch.twins, cfg.text_len))
+        loss = loss + cfg.word_invariance * inv
+        values["word_invariance"] = inv.item()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()), 1.0)
     opt.step()
     with torch.no_grad():
         model.logit_scale.clamp_(0, 4.6052)  # at most 100, as in CLIP
-    return {"loss": loss.item(), "contrastive": out.loss.item(), "attributes": attr.item()}
+    return {"loss": loss.item(), **values}
 
 
 def train_clip(cfg: ClipConfig, seed: int, workdir: Path, resume: bool = True) -> CLIPModel:
@@ -203,7 +259,7 @@ def train_clip(cfg: ClipConfig, seed: int, workdir: Path, resume: bool = True) -
     for step in steps:
         values = clip_step(model, heads, opt, tokenizer, cfg,
                            clip_batch(step_rng(seed, STAGE_ID, step), cfg.batch_size,
-                                      cfg.filler_prob))
+                                      cfg.filler_prob, twins=cfg.word_invariance > 0))
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
             model.eval()
             values["retrieval"] = retrieval_accuracy(model, tokenizer, seed, text_len=cfg.text_len)

@@ -1,0 +1,71 @@
+"""The text encoder's word-invariance loss: twins of captions with one word swapped, and
+training with the loss keeps a word's state from depending on another word's value."""
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from sdlab.tiny import world
+from sdlab.tiny.common import ClipConfig, TinyConfig, step_rng
+from sdlab.tiny.train_clip import (
+    AttributeHeads,
+    build_clip,
+    clip_batch,
+    clip_step,
+    load_tokenizer,
+    tokenize,
+    word_invariance_loss,
+)
+
+
+def test_twins_differ_in_one_attribute_word_and_leave_the_batch_alone():
+    tok = load_tokenizer()
+    plain = clip_batch(np.random.default_rng(3), 64, filler_prob=0.5)
+    batch = clip_batch(np.random.default_rng(3), 64, filler_prob=0.5, twins=True)
+    assert batch.captions == plain.captions and plain.twins is None
+    names = set(world.COLOR_NAMES) | set(world.SHAPES)
+    for caption, twin in zip(batch.captions, batch.twins, strict=True):
+        a, b = caption.split(" "), twin.split(" ")
+        changed = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+        words = [(x.strip(","), y.strip(",")) for x, y in changed if x not in ("a", "an")]
+        assert len(words) == 1 and set(words[0]) <= names, (caption, twin)
+        for pair in world.HELD_OUT:  # a twin never names a held-out pair
+            assert " ".join(pair) not in twin
+    ids, twin_ids = (tokenize(tok, c, 24) for c in (batch.captions, batch.twins))
+    assert set((ids != twin_ids).sum(1).tolist()) <= {1, 2}  # the word (and a/an)
+
+
+def _state_change(model, tok, seed: int) -> float:
+    batch = clip_batch(np.random.default_rng(seed), 64, twins=True)
+    ids = tokenize(tok, batch.captions, 24)
+    with torch.no_grad():
+        states = model.text_model(input_ids=ids).last_hidden_state
+        return word_invariance_loss(model, ids, states, tokenize(tok, batch.twins, 24)).item()
+
+
+def _train(cfg: ClipConfig, steps: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    tok, model, heads = load_tokenizer(), build_clip(cfg), AttributeHeads(cfg.projection_dim)
+    opt = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=cfg.lr)
+    for step in range(steps):
+        batch = clip_batch(step_rng(0, 2, step), cfg.batch_size, twins=cfg.word_invariance > 0)
+        values = clip_step(model, heads, opt, tok, cfg, batch)
+        assert ("word_invariance" in values) == (cfg.word_invariance > 0)
+    return model.eval()
+
+
+def test_training_with_the_loss_makes_word_states_invariant():
+    tok = load_tokenizer()
+    cfg = dataclasses.replace(TinyConfig.quick().clip, steps=30)
+    without = _train(dataclasses.replace(cfg, word_invariance=0.0), cfg.steps)
+    with_loss = _train(dataclasses.replace(cfg, word_invariance=5.0), cfg.steps)
+    change = [_state_change(m, tok, 99) for m in (without, with_loss)]
+    assert change[1] < 0.5 * change[0], change
+
+
+def test_the_loss_is_zero_for_identical_captions():
+    model = build_clip(TinyConfig.quick().clip)
+    ids = tokenize(load_tokenizer(), ["a red circle on a blue background"], 24)
+    states = model.text_model(input_ids=ids).last_hidden_state
+    assert word_invariance_loss(model, ids, states, ids).item() == 0.0
