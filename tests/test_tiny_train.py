@@ -140,7 +140,8 @@ def test_unet_stage_runs_both_phases_and_resumes_inside_the_tune(trained, tmp_pa
     for stage in ("vae", "clip"):
         (tmp_path / stage).symlink_to(work / stage)
     config = TinyConfig.quick(seed=1)
-    config.unet = dataclasses.replace(config.unet, caption_noise=0.5, steps=5, tune_steps=0)
+    config.unet = dataclasses.replace(config.unet, tune="noisy", caption_noise=0.5, steps=5,
+                                      tune_steps=0)
     _unet_stage(config, tmp_path, resume=False)
     unet_dir = tmp_path / "unet"
     assert not (unet_dir / "text_cache_noisy.safetensors").exists()  # no tune, no noisy cache
@@ -178,3 +179,80 @@ def test_guidance_tune_batches_use_noisy_captions_as_t_falls():
     low, high = kept & (t < 500), kept & (t >= 900)
     assert (kind[low] == 1).all()  # always noisy below t = 500
     assert 0.05 < (kind[high] == 1).float().mean().item() < 0.15  # ~2 (1 - t/1000) ~ 0.1
+
+
+def test_guidance_calibration_learns_from_the_phase_1_teacher(trained, tmp_path):
+    """tune="calibrate": no noisy captions; entering the calibration, the phase-1 EMA is
+    saved as the frozen teacher (a run resumed there finds the same one)."""
+    _, work, _ = trained
+    for stage in ("vae", "clip"):
+        (tmp_path / stage).symlink_to(work / stage)
+    config = TinyConfig.quick(seed=1)
+    config.unet = dataclasses.replace(config.unet, tune="calibrate", steps=5, tune_steps=0)
+    _unet_stage(config, tmp_path, resume=False)
+    unet_dir = tmp_path / "unet"
+    ema = {k[4:]: v for k, v in load_file(str(unet_dir / "ckpt" / "weights.safetensors")).items()
+           if k.startswith("ema.")}
+    shutil.rmtree(unet_dir / "final")  # as if stopped at the end of phase 1
+    config.unet = dataclasses.replace(config.unet, tune_steps=3)
+    _unet_stage(config, tmp_path, resume=True)
+    teacher = load_file(str(unet_dir / "teacher.safetensors"))
+    assert teacher.keys() == ema.keys() and all(torch.equal(teacher[k], ema[k]) for k in ema)
+    assert not (unet_dir / "text_cache_noisy.safetensors").exists()
+    assert [r["step"] for r in LossLog(unet_dir / "log.jsonl").read()] == list(range(8))
+
+
+def _quick_unet(seed: int):
+    from sdlab.tiny.train_unet import build_unet
+
+    torch.manual_seed(seed)
+    return build_unet(TinyConfig.quick().unet, 32)
+
+
+def test_calibrated_target_is_the_teachers_guided_prediction():
+    from sdlab.tiny.train_unet import calibrated_batch
+
+    teacher = _quick_unet(0).eval()
+    gen = torch.Generator().manual_seed(0)
+    noisy, ctx = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 77, 32, generator=gen)
+    empty, t = torch.randn(1, 77, 32, generator=gen), torch.tensor([10, 500, 900])
+    ctx[2] = empty[0]  # a dropped caption
+    with torch.no_grad():
+        eps_c = teacher(noisy, t, encoder_hidden_states=ctx).sample
+        eps_u = teacher(noisy, t, encoder_hidden_states=empty.expand(3, -1, -1)).sample
+    for scale in (0.0, 0.4, 1.0, 2.0):
+        *_, target = calibrated_batch(teacher, (noisy, t, ctx, None), empty, scale)
+        assert torch.allclose(target, eps_u + scale * (eps_c - eps_u), atol=1e-5)
+        assert torch.allclose(target[2], eps_u[2], atol=1e-5)
+
+
+def test_calibration_shrinks_the_guidance_gap_to_the_scale():
+    """Trained on calibrated targets, the student's cond - uncond gap becomes `scale` times
+    the teacher's, so guidance g / scale on the student is guidance g on the teacher."""
+    import copy
+
+    from sdlab.tiny.train_unet import _optimizer_step, calibrated_batch, ddpm_scheduler
+
+    cfg = dataclasses.replace(TinyConfig.quick().unet, ema_decay=0.0)
+    teacher = _quick_unet(0).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a teacher with a real gap between caption and no caption
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    student = copy.deepcopy(teacher).train()
+    ema = copy.deepcopy(teacher)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    noisy, ctx = torch.randn(16, 4, 8, 8, generator=gen), torch.randn(16, 77, 32, generator=gen)
+    empty, t = torch.randn(1, 77, 32, generator=gen), torch.randint(0, 1000, (16,), generator=gen)
+
+    def gap(model) -> float:
+        with torch.no_grad():
+            c = model(noisy, t, encoder_hidden_states=ctx).sample
+            u = model(noisy, t, encoder_hidden_states=empty.expand(16, -1, -1)).sample
+        return float((c - u).norm())
+
+    batch = calibrated_batch(teacher, (noisy, t, ctx, None), empty, 0.4)
+    for step in range(60):
+        _optimizer_step(student, ema, opt, ddpm_scheduler(), batch, cfg, step)
+    ratio = gap(student) / gap(teacher)
+    assert 0.25 < ratio < 0.6, ratio

@@ -36,12 +36,17 @@ def test_twins_differ_in_one_attribute_word_and_leave_the_batch_alone():
     assert set((ids != twin_ids).sum(1).tolist()) <= {1, 2}  # the word (and a/an)
 
 
-def _state_change(model, tok, seed: int) -> float:
+def _state_change(model, tok, seed: int, padding: bool) -> float:
     batch = clip_batch(np.random.default_rng(seed), 64, twins=True)
     ids = tokenize(tok, batch.captions, 24)
     with torch.no_grad():
         states = model.text_model(input_ids=ids).last_hidden_state
-        return word_invariance_loss(model, ids, states, tokenize(tok, batch.twins, 24)).item()
+        twin_ids = tokenize(tok, batch.twins, 24)
+        both = word_invariance_loss(model, ids, states, twin_ids, padding=True).item()
+        words = word_invariance_loss(model, ids, states, twin_ids, padding=False).item()
+    n_words = ((ids == twin_ids) & (ids != 49407)).sum().item()
+    n_pad = ((ids == 49407).sum() - len(ids)).item()
+    return (both * (n_words + n_pad) - words * n_words) / n_pad if padding else words
 
 
 def _train(cfg: ClipConfig, steps: int) -> torch.nn.Module:
@@ -56,16 +61,26 @@ def _train(cfg: ClipConfig, steps: int) -> torch.nn.Module:
 
 
 def test_training_with_the_loss_makes_word_states_invariant():
+    """Words: with the loss, a word's state barely moves when another word is swapped; the
+    padding after the end token only when invariant_padding asks for it."""
     tok = load_tokenizer()
     cfg = dataclasses.replace(TinyConfig.quick().clip, steps=30)
-    without = _train(dataclasses.replace(cfg, word_invariance=0.0), cfg.steps)
-    with_loss = _train(dataclasses.replace(cfg, word_invariance=5.0), cfg.steps)
-    change = [_state_change(m, tok, 99) for m in (without, with_loss)]
-    assert change[1] < 0.5 * change[0], change
+    runs = {
+        "without": dataclasses.replace(cfg, word_invariance=0.0),
+        "words": dataclasses.replace(cfg, word_invariance=5.0, invariant_padding=False),
+        "padding": dataclasses.replace(cfg, word_invariance=5.0, invariant_padding=True),
+    }
+    models = {name: _train(c, cfg.steps) for name, c in runs.items()}
+    words = {name: _state_change(m, tok, 99, padding=False) for name, m in models.items()}
+    pad = {name: _state_change(m, tok, 99, padding=True) for name, m in models.items()}
+    assert words["words"] < 0.5 * words["without"], words
+    assert words["padding"] < 0.5 * words["without"], words
+    assert pad["padding"] < 0.5 * min(pad["without"], pad["words"]), pad
 
 
 def test_the_loss_is_zero_for_identical_captions():
     model = build_clip(TinyConfig.quick().clip)
     ids = tokenize(load_tokenizer(), ["a red circle on a blue background"], 24)
     states = model.text_model(input_ids=ids).last_hidden_state
-    assert word_invariance_loss(model, ids, states, ids).item() == 0.0
+    for padding in (False, True):
+        assert word_invariance_loss(model, ids, states, ids, padding).item() == 0.0

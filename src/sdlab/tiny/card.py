@@ -91,6 +91,30 @@ def bar_checks(bench: dict) -> list[tuple[str, str, bool]]:
     return out
 
 
+def _tune_text(uc_: UnetConfig) -> str:
+    """The card's words for the UNet's second phase."""
+    if uc_.tune == "calibrate":
+        scale = uc_.teacher_guidance / uc_.target_guidance
+        return (
+            f"the guidance calibration: {uc_.tune_steps:,} steps in which the phase-1 EMA "
+            "weights, frozen, are the teacher and the conditional prediction learns the "
+            f"teacher's eps_u + {scale:g} (eps_c - eps_u) (the empty caption keeps its eps_u), "
+            f"so that guidance {uc_.target_guidance:g} on this model is guidance "
+            f"{uc_.teacher_guidance:g} on phase 1, where that model is at its best; the "
+            "learning rate on the tail of a cosine over both phases. Without a second phase, "
+            "guidance 7.5 overshoots (Known problems)."
+        )
+    return (
+        f"the guidance tune: {uc_.tune_steps:,} steps with {uc_.tune_uncond_prob:.0%} "
+        f"empty captions and captions that name each attribute wrongly "
+        f"{uc_.caption_noise:.0%} of the time"
+        + (" -- always below t=500, ever less often above (never at t=1000)"
+           if uc_.noise_ramp else "")
+        + ", the learning rate on the tail of a cosine over both phases. Without the "
+        "tune, guidance 7.5 overshoots (Known problems)."
+    )
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -183,7 +207,14 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         "(linear heads naming shape, colour, background, position and size from the text "
         "and the image "
         "embeddings; training only, not shipped), without which the text tower merged "
-        "words the image tower could not yet use (left/right).",
+        "words the image tower could not yet use (left/right)."
+        + (f" Plus {cc_.word_invariance:g}x a word-invariance loss: each caption has a twin "
+           "with one colour, shape or background word swapped, and the text states at "
+           "every other word" + (" and at the padding" if cc_.invariant_padding else "")
+           + " must not change (the end token, which sums the caption up, may). Without it "
+           "the state of \"cross\" in \"a yellow cross\" is a yellow-and-cross feature, "
+           "never seen when that pair is held out."
+           if cc_.word_invariance > 0 else ""),
         f"3. UNet on cached latents (posterior means x scaling factor) and cached "
         f"text-encoder states (77 tokens, as the pipeline computes them) of a "
         f"{uc_.pool_size:,}-image pool; SD's DDPM noise schedule, "
@@ -191,14 +222,7 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
            f"min-SNR (gamma {uc_.snr_gamma:g}) weighted epsilon loss")
         + f", batch {uc_.batch_size}, EMA weights ({uc_.ema_decay:g}); {uc_.steps:,} steps "
         f"with {uc_.uncond_prob:.0%} empty captions (classifier-free guidance), then "
-        + (f"the guidance tune: {uc_.tune_steps:,} steps with {uc_.tune_uncond_prob:.0%} "
-           f"empty captions and captions that name each attribute wrongly "
-           f"{uc_.caption_noise:.0%} of the time"
-           + (" -- always below t=500, ever less often above (never at t=1000)"
-              if uc_.noise_ramp else "")
-           + ", the learning rate on the tail of a cosine over both phases. Without the "
-           "tune, guidance 7.5 overshoots (Known problems)."
-           if uc_.tune_steps > 0 else "no guidance tune."),
+        + (_tune_text(uc_) if uc_.tune_steps > 0 else "no guidance tune."),
         f"4. The VAE decoder alone on the frozen encoder's posterior means, beside the UNet "
         f"({vc_.decoder_steps:,} steps; the UNet only depends on the encoder).",
         "",

@@ -61,6 +61,7 @@ class ClipConfig:
     attr_weight: float = 4.0  # weight of the attribute read-out loss (see AttributeHeads)
     filler_prob: float = 0.5  # share of captions with random filler words (see filler.py)
     word_invariance: float = 1.0  # weight of the word-invariance loss (see train_clip)
+    invariant_padding: bool = False
 
 
 @dataclass
@@ -74,13 +75,21 @@ class UnetConfig:
     lr: float = 6e-4
     warmup: int = 200
     uncond_prob: float = 0.1
-    # Phase 2, the guidance tune: `tune_steps` more steps with noisy captions and more
-    # empty ones. The world's captions pin an image down exactly, so a UNet trained only on
-    # clean ones learns an unbounded "classifier" p(caption | image) and guidance 7.5
-    # overshoots; captions that name each attribute wrongly at `caption_noise` bound it.
-    # The learning rate follows the tail of a cosine over steps + tune_steps (a warm
-    # restart). tune_steps=0: clean captions only (the first shipped model's recipe).
+    # Phase 2, the guidance tune: `tune_steps` more steps that move the guidance scale at
+    # which the model works best to SD's 7.5. The world's captions pin an image down
+    # exactly, so the phase-1 UNet is far more certain with the caption than without and
+    # guidance 7.5 overshoots (it is best near 3). tune="calibrate": the phase-1 EMA
+    # weights become a frozen teacher and the conditional prediction learns
+    #   eps_u + (teacher_guidance / target_guidance) (eps_c - eps_u)
+    # of the teacher, so that guidance target_guidance here is guidance teacher_guidance
+    # there; the empty caption keeps the teacher's eps_u. tune="noisy": captions that name
+    # each attribute wrongly at `caption_noise` and `tune_uncond_prob` empty ones (the
+    # session-4 recipe). The learning rate follows the tail of a cosine over steps +
+    # tune_steps (a warm restart). tune_steps=0: phase 1 only.
     tune_steps: int = 3000
+    tune: str = "calibrate"
+    teacher_guidance: float = 3.0
+    target_guidance: float = 7.5
     tune_uncond_prob: float = 0.2
     caption_noise: float = 0.2
     # With noise_ramp the noisy captions are used only as t falls (probability

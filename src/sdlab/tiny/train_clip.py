@@ -201,12 +201,14 @@ def retrieval_accuracy(model: CLIPModel, tokenizer: CLIPTokenizer, seed: int, n:
 
 
 def word_invariance_loss(model: CLIPModel, ids: torch.Tensor, states: torch.Tensor,
-                         twin_ids: torch.Tensor) -> torch.Tensor:
+                         twin_ids: torch.Tensor, padding: bool = False) -> torch.Tensor:
     """Mean squared change of the text states at the words a caption and its twin share
-    (every word but the swapped one; not the end token and padding, which sum up the
-    caption and must change)."""
+    (every word but the swapped one; not the end token, which sums up the caption and must
+    change; the padding after it only with `padding`)."""
     twin_states = model.text_model(input_ids=twin_ids).last_hidden_state
-    shared = (ids == twin_ids) & (ids != EOS)
+    end = (ids == EOS).int().argmax(dim=1, keepdim=True)  # the first end token
+    pos = torch.arange(ids.shape[1]).unsqueeze(0)
+    shared = (ids == twin_ids) & ((pos < end) | ((pos > end) & padding))
     return ((states - twin_states) ** 2).mean(dim=-1)[shared].mean()
 
 
@@ -221,7 +223,8 @@ def clip_step(model: CLIPModel, heads: AttributeHeads, opt: torch.optim.Optimize
     values = {"contrastive": out.loss.item(), "attributes": attr.item()}
     if batch.twins is not None:
         inv = word_invariance_loss(model, ids, out.text_model_output.last_hidden_state,
-                                   tokenize(tokenizer, batch.twins, cfg.text_len))
+                                   tokenize(tokenizer, batch.twins, cfg.text_len),
+                                   cfg.invariant_padding)
         loss = loss + cfg.word_invariance * inv
         values["word_invariance"] = inv.item()
     opt.zero_grad(set_to_none=True)

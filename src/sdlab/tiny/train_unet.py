@@ -162,7 +162,7 @@ def load_pool(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextM
     text_path = workdir / "text_cache.safetensors"
     noisy_path = workdir / "text_cache_noisy.safetensors"
     latent_path = workdir / "latent_cache.safetensors"
-    noisy = cfg.tune_steps > 0 and cfg.caption_noise > 0
+    noisy = cfg.tune_steps > 0 and cfg.tune == "noisy" and cfg.caption_noise > 0
     if not (resume and text_path.is_file()):
         build_text_cache(text_path, text_encoder, tokenizer, seed, cfg.pool_size,
                          cfg.filler_prob)
@@ -218,15 +218,23 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
     losses = LossLog(workdir / "log.jsonl")
     unet.train()
     total = cfg.steps + cfg.tune_steps
+    calibrate = cfg.tune == "calibrate"
     phases = [  # (first step, end = cosine horizon, empty-caption share, noisy captions, bar)
         (start, cfg.steps, cfg.uncond_prob, False, "unet"),
-        (max(start, cfg.steps), total, cfg.tune_uncond_prob, True, "unet guidance tune"),
+        (max(start, cfg.steps), total,
+         cfg.uncond_prob if calibrate else cfg.tune_uncond_prob, not calibrate,
+         "unet guidance calibration" if calibrate else "unet guidance tune"),
     ]
+    teacher = None
     for first, end, uncond_prob, noisy_captions, desc in phases:
         steps = ScheduledSteps(opt, first, end, cfg.lr, cfg.warmup, desc)
         for step in steps:
             batch = training_batch(pool, cfg, seed, step, uncond_prob, noisy_captions,
                                    scheduler)
+            if calibrate and step >= cfg.steps:
+                teacher = teacher or load_teacher(workdir, ema)
+                batch = calibrated_batch(teacher, batch, pool.empty,
+                                         cfg.teacher_guidance / cfg.target_guidance)
             loss, mse = _optimizer_step(unet, ema, opt, scheduler, batch, cfg, step)
             losses.write(step, loss=loss, mse=mse)
             steps.show(loss)
@@ -237,11 +245,39 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
     return ema
 
 
+def load_teacher(workdir: Path, ema: UNet2DConditionModel) -> UNet2DConditionModel:
+    """The guidance calibration's frozen teacher: the EMA weights at the end of phase 1,
+    saved the first time (so that a run resumed inside the calibration finds them)."""
+    path = workdir / "teacher.safetensors"
+    teacher = copy.deepcopy(ema).requires_grad_(False).eval()
+    if path.is_file():
+        teacher.load_state_dict(load_file(str(path)))
+    else:
+        state = {k: v.contiguous() for k, v in teacher.state_dict().items()}
+        save_file(state, str(path.with_suffix(".tmp")))
+        path.with_suffix(".tmp").replace(path)
+    return teacher
+
+
+@torch.no_grad()
+def calibrated_batch(teacher: UNet2DConditionModel, batch: tuple[torch.Tensor, ...],
+                     empty: torch.Tensor, scale: float) -> tuple[torch.Tensor, ...]:
+    """The batch with its target noise replaced by the teacher's guided prediction at
+    `scale`: eps_u + scale (eps_c - eps_u) (eps_u where the caption is empty)."""
+    noisy, t, ctx, _ = batch
+    uncond = empty.float().expand_as(ctx)
+    both = teacher(torch.cat([noisy, noisy]), torch.cat([t, t]),
+                   encoder_hidden_states=torch.cat([ctx, uncond])).sample
+    eps_c, eps_u = both.chunk(2)
+    return noisy, t, ctx, eps_u + scale * (eps_c - eps_u)
+
+
 def _optimizer_step(unet: UNet2DConditionModel, ema: UNet2DConditionModel,
                     opt: torch.optim.Optimizer, scheduler: DDPMScheduler,
                     batch: tuple[torch.Tensor, ...], cfg: UnetConfig,
                     step: int) -> tuple[float, float]:
-    """One epsilon-prediction step and the EMA update; returns (loss, plain MSE)."""
+    """One epsilon-prediction step (the target: the noise, or the teacher's calibrated
+    prediction) and the EMA update; returns (loss, plain MSE)."""
     noisy, t, ctx, noise = batch
     eps = unet(noisy, t, encoder_hidden_states=ctx).sample
     per_sample = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
