@@ -140,8 +140,8 @@ def test_unet_stage_runs_both_phases_and_resumes_inside_the_tune(trained, tmp_pa
     for stage in ("vae", "clip"):
         (tmp_path / stage).symlink_to(work / stage)
     config = TinyConfig.quick(seed=1)
-    config.unet = dataclasses.replace(config.unet, tune="noisy", caption_noise=0.5, steps=5,
-                                      tune_steps=0)
+    config.unet = dataclasses.replace(config.unet, caption_noise=0.5, steps=5, tune_steps=0,
+                                      calibrate_steps=0)
     _unet_stage(config, tmp_path, resume=False)
     unet_dir = tmp_path / "unet"
     assert not (unet_dir / "text_cache_noisy.safetensors").exists()  # no tune, no noisy cache
@@ -181,20 +181,20 @@ def test_guidance_tune_batches_use_noisy_captions_as_t_falls():
     assert 0.05 < (kind[high] == 1).float().mean().item() < 0.15  # ~2 (1 - t/1000) ~ 0.1
 
 
-def test_guidance_calibration_learns_from_the_phase_1_teacher(trained, tmp_path):
-    """tune="calibrate": no noisy captions; entering the calibration, the phase-1 EMA is
-    saved as the frozen teacher (a run resumed there finds the same one)."""
+def test_guidance_calibration_learns_from_the_previous_phase(trained, tmp_path):
+    """Entering the calibration, the EMA of the phase before is saved as the frozen teacher
+    (a run resumed there finds the same one); without a tune, no noisy captions."""
     _, work, _ = trained
     for stage in ("vae", "clip"):
         (tmp_path / stage).symlink_to(work / stage)
     config = TinyConfig.quick(seed=1)
-    config.unet = dataclasses.replace(config.unet, tune="calibrate", steps=5, tune_steps=0)
+    config.unet = dataclasses.replace(config.unet, steps=5, tune_steps=0, calibrate_steps=0)
     _unet_stage(config, tmp_path, resume=False)
     unet_dir = tmp_path / "unet"
     ema = {k[4:]: v for k, v in load_file(str(unet_dir / "ckpt" / "weights.safetensors")).items()
            if k.startswith("ema.")}
     shutil.rmtree(unet_dir / "final")  # as if stopped at the end of phase 1
-    config.unet = dataclasses.replace(config.unet, tune_steps=3)
+    config.unet = dataclasses.replace(config.unet, calibrate_steps=3)
     _unet_stage(config, tmp_path, resume=True)
     teacher = load_file(str(unet_dir / "teacher.safetensors"))
     assert teacher.keys() == ema.keys() and all(torch.equal(teacher[k], ema[k]) for k in ema)

@@ -92,27 +92,28 @@ def bar_checks(bench: dict) -> list[tuple[str, str, bool]]:
 
 
 def _tune_text(uc_: UnetConfig) -> str:
-    """The card's words for the UNet's second phase."""
-    if uc_.tune == "calibrate":
-        scale = uc_.teacher_guidance / uc_.target_guidance
-        return (
-            f"the guidance calibration: {uc_.tune_steps:,} steps in which the phase-1 EMA "
-            "weights, frozen, are the teacher and the conditional prediction learns the "
-            f"teacher's eps_u + {scale:g} (eps_c - eps_u) (the empty caption keeps its eps_u), "
-            f"so that guidance {uc_.target_guidance:g} on this model is guidance "
-            f"{uc_.teacher_guidance:g} on phase 1, where that model is at its best; the "
-            "learning rate on the tail of a cosine over both phases. Without a second phase, "
-            "guidance 7.5 overshoots (Known problems)."
+    """The card's words for the UNet's phases after the first."""
+    text = "no guidance tune."
+    if uc_.tune_steps > 0:
+        text = (
+            f"the guidance tune: {uc_.tune_steps:,} steps with {uc_.tune_uncond_prob:.0%} "
+            f"empty captions and captions that name each attribute wrongly "
+            f"{uc_.caption_noise:.0%} of the time"
+            + (" -- always below t=500, ever less often above (never at t=1000)"
+               if uc_.noise_ramp else "")
+            + ", the learning rate on the tail of a cosine over both phases. Without the "
+            "tune, guidance 7.5 overshoots (Known problems)."
         )
-    return (
-        f"the guidance tune: {uc_.tune_steps:,} steps with {uc_.tune_uncond_prob:.0%} "
-        f"empty captions and captions that name each attribute wrongly "
-        f"{uc_.caption_noise:.0%} of the time"
-        + (" -- always below t=500, ever less often above (never at t=1000)"
-           if uc_.noise_ramp else "")
-        + ", the learning rate on the tail of a cosine over both phases. Without the "
-        "tune, guidance 7.5 overshoots (Known problems)."
-    )
+    if uc_.calibrate_steps > 0:
+        scale = uc_.teacher_guidance / uc_.target_guidance
+        text += (
+            f" Then the guidance calibration: {uc_.calibrate_steps:,} steps in which the "
+            "weights so far, frozen, are the teacher and the conditional prediction learns "
+            f"the teacher's eps_u + {scale:.3g} (eps_c - eps_u) (the empty caption keeps its "
+            f"eps_u), so that guidance {uc_.target_guidance:g} on this model is guidance "
+            f"{uc_.teacher_guidance:g} on the teacher."
+        )
+    return text
 
 
 def _pct(x: float) -> str:

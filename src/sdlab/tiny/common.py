@@ -60,7 +60,7 @@ class ClipConfig:
     weight_decay: float = 0.05
     attr_weight: float = 4.0  # weight of the attribute read-out loss (see AttributeHeads)
     filler_prob: float = 0.5  # share of captions with random filler words (see filler.py)
-    word_invariance: float = 1.0  # weight of the word-invariance loss (see train_clip)
+    word_invariance: float = 0.0  # weight of the word-invariance loss (see train_clip)
     invariant_padding: bool = False
 
 
@@ -75,26 +75,28 @@ class UnetConfig:
     lr: float = 6e-4
     warmup: int = 200
     uncond_prob: float = 0.1
-    # Phase 2, the guidance tune: `tune_steps` more steps that move the guidance scale at
-    # which the model works best to SD's 7.5. The world's captions pin an image down
-    # exactly, so the phase-1 UNet is far more certain with the caption than without and
-    # guidance 7.5 overshoots (it is best near 3). tune="calibrate": the phase-1 EMA
-    # weights become a frozen teacher and the conditional prediction learns
-    #   eps_u + (teacher_guidance / target_guidance) (eps_c - eps_u)
-    # of the teacher, so that guidance target_guidance here is guidance teacher_guidance
-    # there; the empty caption keeps the teacher's eps_u. tune="noisy": captions that name
-    # each attribute wrongly at `caption_noise` and `tune_uncond_prob` empty ones (the
-    # session-4 recipe). The learning rate follows the tail of a cosine over steps +
-    # tune_steps (a warm restart). tune_steps=0: phase 1 only.
+    # Phase 2, the guidance tune: `tune_steps` more steps with noisy captions and more
+    # empty ones. The world's captions pin an image down exactly, so a UNet trained only on
+    # clean ones learns an unbounded "classifier" p(caption | image) and guidance 7.5
+    # overshoots; captions that name each attribute wrongly at `caption_noise` bound it.
+    # The learning rate follows the tail of a cosine over steps + tune_steps (a warm
+    # restart). tune_steps=0: clean captions only (the first shipped model's recipe).
     tune_steps: int = 3000
-    tune: str = "calibrate"
-    teacher_guidance: float = 3.0
-    target_guidance: float = 7.5
     tune_uncond_prob: float = 0.2
     caption_noise: float = 0.2
     # With noise_ramp the noisy captions are used only as t falls (probability
     # min(1, 2 (1 - t/1000)): always below t=500, never at t=1000), clean ones above.
     noise_ramp: bool = True
+    # Phase 3, the guidance calibration: `calibrate_steps` more steps in which the EMA
+    # weights at the end of the previous phase are a frozen teacher and the conditional
+    # prediction learns the teacher's eps_u + (teacher_guidance / target_guidance)
+    # (eps_c - eps_u) on clean captions (the empty caption keeps the teacher's eps_u), so
+    # that guidance target_guidance here is guidance teacher_guidance there. Its own
+    # warmup and cosine from calibrate_lr. 0: no calibration.
+    calibrate_steps: int = 0
+    teacher_guidance: float = 5.0
+    target_guidance: float = 7.5
+    calibrate_lr: float = 2e-4
     filler_prob: float = 0.5  # as the text encoder was trained
     snr_gamma: float = 0.0  # 0: plain epsilon MSE, as SD (>0: min-SNR weighting)
     ema_decay: float = 0.999
@@ -126,7 +128,7 @@ class TinyConfig:
             ),
             unet=UnetConfig(
                 block_out_channels=(32, 32), attention_head_dim=8, pool_size=128, steps=30,
-                batch_size=32, lr=2e-3, warmup=5, tune_steps=6,
+                batch_size=32, lr=2e-3, warmup=5, tune_steps=6, calibrate_steps=4,
             ),
         )  # fmt: skip
 
@@ -167,14 +169,16 @@ class ScheduledSteps:
     group's learning rate is set by `lr_at` (warmup, then cosine decay)."""
 
     def __init__(self, opt: torch.optim.Optimizer, start: int, total: int, base_lr: float,
-                 warmup: int, desc: str):
+                 warmup: int, desc: str, origin: int = 0):
         self.opt, self.total, self.base_lr, self.warmup = opt, total, base_lr, warmup
+        self.origin = origin  # the step the schedule starts from
         self.bar = tqdm(range(start, total), desc=desc, initial=start, total=total)
 
     def __iter__(self) -> Iterator[int]:
         for step in self.bar:
             for group in self.opt.param_groups:
-                group["lr"] = lr_at(step, self.total, self.base_lr, self.warmup)
+                group["lr"] = lr_at(step - self.origin, self.total - self.origin,
+                                    self.base_lr, self.warmup)
             yield step
 
     def show(self, loss: float) -> None:

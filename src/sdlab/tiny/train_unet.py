@@ -8,6 +8,8 @@ the loss is SD's plain epsilon MSE over uniformly drawn t; the weights saved are
 A second phase, the guidance tune (UnetConfig.tune_steps), goes on with captions that name
 some attributes wrongly (caption_noise, more often as t falls) and more empty captions:
 that bounds what guidance can amplify, so guidance 7.5 no longer overshoots (see the card).
+An optional third phase, the guidance calibration (UnetConfig.calibrate_steps), distils the
+model into one whose guidance 7.5 is the teacher's guidance `teacher_guidance`.
 
 (min-SNR weighting, gamma 5, was tried first; it gives the small-t steps almost no weight.
 That model repainted from the text at small t — a wrong caption at t=10 raised its error
@@ -162,7 +164,7 @@ def load_pool(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextM
     text_path = workdir / "text_cache.safetensors"
     noisy_path = workdir / "text_cache_noisy.safetensors"
     latent_path = workdir / "latent_cache.safetensors"
-    noisy = cfg.tune_steps > 0 and cfg.tune == "noisy" and cfg.caption_noise > 0
+    noisy = cfg.tune_steps > 0 and cfg.caption_noise > 0
     if not (resume and text_path.is_file()):
         build_text_cache(text_path, text_encoder, tokenizer, seed, cfg.pool_size,
                          cfg.filler_prob)
@@ -202,7 +204,8 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
                tokenizer: CLIPTokenizer, vae: AutoencoderKL,
                resume: bool = True) -> UNet2DConditionModel:
     """Train (or resume, or load when finished) the UNet: `steps` on clean captions, then
-    `tune_steps` of the guidance tune (see UnetConfig); returns the EMA weights."""
+    `tune_steps` of the guidance tune and `calibrate_steps` of the guidance calibration
+    (see UnetConfig); returns the EMA weights."""
     final = workdir / "final"
     if resume and (final / "config.json").is_file():
         log.info("unet: already trained, loading %s", final)
@@ -217,28 +220,29 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
     scheduler = ddpm_scheduler()
     losses = LossLog(workdir / "log.jsonl")
     unet.train()
-    total = cfg.steps + cfg.tune_steps
-    calibrate = cfg.tune == "calibrate"
-    phases = [  # (first step, end = cosine horizon, empty-caption share, noisy captions, bar)
-        (start, cfg.steps, cfg.uncond_prob, False, "unet"),
-        (max(start, cfg.steps), total,
-         cfg.uncond_prob if calibrate else cfg.tune_uncond_prob, not calibrate,
-         "unet guidance calibration" if calibrate else "unet guidance tune"),
+    tuned = cfg.steps + cfg.tune_steps
+    total = tuned + cfg.calibrate_steps
+    phases = [  # (first step, end, noisy captions, lr schedule (base, warmup, origin), bar)
+        (start, cfg.steps, False, (cfg.lr, cfg.warmup, 0), "unet"),
+        (max(start, cfg.steps), tuned, True, (cfg.lr, cfg.warmup, 0), "unet guidance tune"),
+        (max(start, tuned), total, False, (cfg.calibrate_lr, 50, tuned),
+         "unet guidance calibration"),
     ]
     teacher = None
-    for first, end, uncond_prob, noisy_captions, desc in phases:
-        steps = ScheduledSteps(opt, first, end, cfg.lr, cfg.warmup, desc)
+    for first, end, noisy_captions, (base_lr, warmup, origin), desc in phases:
+        steps = ScheduledSteps(opt, first, end, base_lr, warmup, desc, origin)
+        uncond_prob = cfg.tune_uncond_prob if noisy_captions else cfg.uncond_prob
         for step in steps:
             batch = training_batch(pool, cfg, seed, step, uncond_prob, noisy_captions,
                                    scheduler)
-            if calibrate and step >= cfg.steps:
+            if step >= tuned:
                 teacher = teacher or load_teacher(workdir, ema)
                 batch = calibrated_batch(teacher, batch, pool.empty,
                                          cfg.teacher_guidance / cfg.target_guidance)
             loss, mse = _optimizer_step(unet, ema, opt, scheduler, batch, cfg, step)
             losses.write(step, loss=loss, mse=mse)
             steps.show(loss)
-            if (step + 1) % CKPT_EVERY == 0 or step + 1 == cfg.steps:
+            if (step + 1) % CKPT_EVERY == 0 or step + 1 in (cfg.steps, tuned):
                 save_checkpoint(workdir / "ckpt", step + 1, unet, opt, extra={"ema": ema})
                 log.info("%s step %d: loss %.4f", desc, step + 1, loss)
     ema.save_pretrained(final)
@@ -246,8 +250,8 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
 
 
 def load_teacher(workdir: Path, ema: UNet2DConditionModel) -> UNet2DConditionModel:
-    """The guidance calibration's frozen teacher: the EMA weights at the end of phase 1,
-    saved the first time (so that a run resumed inside the calibration finds them)."""
+    """The guidance calibration's frozen teacher: the EMA weights at the end of the phase
+    before it, saved the first time (so that a run resumed inside the calibration finds them)."""
     path = workdir / "teacher.safetensors"
     teacher = copy.deepcopy(ema).requires_grad_(False).eval()
     if path.is_file():
