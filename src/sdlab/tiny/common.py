@@ -93,7 +93,7 @@ class UnetConfig:
     # (eps_c - eps_u) on clean captions (the empty caption keeps the teacher's eps_u), so
     # that guidance target_guidance here is guidance teacher_guidance there. Its own
     # warmup and cosine from calibrate_lr. 0: no calibration.
-    calibrate_steps: int = 0
+    calibrate_steps: int = 1500
     teacher_guidance: float = 5.0
     target_guidance: float = 7.5
     calibrate_lr: float = 2e-4
