@@ -20,8 +20,6 @@ from sdlab.tiny.judge import judge
 STEPS = 20
 # The bundled model's working guidance (demo.BUNDLED_GUIDANCE; its card).
 GUIDANCE = BUNDLED_GUIDANCE
-# img2img against a conflicting prompt is checked at the working guidance too.
-IMG2IMG_GUIDANCE = BUNDLED_GUIDANCE
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +96,7 @@ def test_img2img_keeps_the_input_at_low_strength_and_follows_the_prompt_at_high(
         out = []
         for seed in range(3):
             params = Img2ImgParams(prompt, strength=strength, steps=STEPS, seed=seed,
-                                   guidance=IMG2IMG_GUIDANCE)
+                                   guidance=GUIDANCE)
             got = judge(img2img(bundled, params, source).images[0])
             out.append((got.color, got.shape, got.background))
         return out

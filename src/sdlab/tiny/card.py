@@ -223,7 +223,7 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
            f"min-SNR (gamma {uc_.snr_gamma:g}) weighted epsilon loss")
         + f", batch {uc_.batch_size}, EMA weights ({uc_.ema_decay:g}); {uc_.steps:,} steps "
         f"with {uc_.uncond_prob:.0%} empty captions (classifier-free guidance), then "
-        + (_tune_text(uc_) if uc_.tune_steps > 0 else "no guidance tune."),
+        + _tune_text(uc_),
         f"4. The VAE decoder alone on the frozen encoder's posterior means, beside the UNet "
         f"({vc_.decoder_steps:,} steps; the UNet only depends on the encoder).",
         "",

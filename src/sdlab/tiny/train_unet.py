@@ -236,7 +236,8 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
             batch = training_batch(pool, cfg, seed, step, uncond_prob, noisy_captions,
                                    scheduler)
             if step >= tuned:
-                teacher = teacher or load_teacher(workdir, ema)
+                if teacher is None:
+                    teacher = load_teacher(workdir, ema)
                 batch = calibrated_batch(teacher, batch, pool.empty,
                                          cfg.teacher_guidance / cfg.target_guidance)
             loss, mse = _optimizer_step(unet, ema, opt, scheduler, batch, cfg, step)
