@@ -170,15 +170,33 @@ def test_guidance_tune_batches_use_noisy_captions_as_t_falls():
                 empty=-torch.ones(1, 77, d), noisy_states=torch.ones(n, 77, d))
     cfg = UnetConfig(batch_size=4000)
     scheduler = ddpm_scheduler()
-    _, t, ctx, _ = training_batch(pool, cfg, 0, 7, 0.0, False, scheduler)
+    _, t, ctx, *_ = training_batch(pool, cfg, 0, 7, 0.0, False, scheduler)
     assert (ctx == 0).all()
-    _, t, ctx, _ = training_batch(pool, cfg, 0, 7, 0.2, True, scheduler)
+    _, t, ctx, *_ = training_batch(pool, cfg, 0, 7, 0.2, True, scheduler)
     kind = ctx[:, 0, 0]
     assert abs((kind == -1).float().mean().item() - 0.2) < 0.03
     kept = kind != -1
     low, high = kept & (t < 500), kept & (t >= 900)
     assert (kind[low] == 1).all()  # always noisy below t = 500
     assert 0.05 < (kind[high] == 1).float().mean().item() < 0.15  # ~2 (1 - t/1000) ~ 0.1
+
+
+def test_calibration_batches_use_noisy_captions_at_a_flat_share():
+    """calibrate_noisy: the same share of noisy captions at every t (no ramp), so the
+    calibration covers small t too."""
+    from sdlab.tiny.common import UnetConfig
+    from sdlab.tiny.train_unet import Pool, ddpm_scheduler, training_batch
+
+    n, d = 50, 4
+    pool = Pool(latents=torch.zeros(n, 4, 8, 8), states=torch.zeros(n, 77, d),
+                empty=-torch.ones(1, 77, d), noisy_states=torch.ones(n, 77, d))
+    batch = training_batch(pool, UnetConfig(batch_size=8000), 0, 7, 0.1, 0.3, ddpm_scheduler(),
+                           ramp=False)
+    kind, t = batch.ctx[:, 0, 0], batch.t
+    assert torch.equal(batch.said_wrong, kind == 1)
+    for part in (t < 300, t >= 700):
+        share = (kind[part] == 1).float().mean().item()
+        assert abs(share - 0.3 * 0.9) < 0.04, share  # 0.3 of the captions not left empty
 
 
 def test_guidance_calibration_learns_from_the_previous_phase(trained, tmp_path):
@@ -256,3 +274,50 @@ def test_calibration_shrinks_the_guidance_gap_to_the_scale():
         _optimizer_step(student, ema, opt, ddpm_scheduler(), batch, cfg, step)
     ratio = gap(student) / gap(teacher)
     assert 0.25 < ratio < 0.6, ratio
+
+
+def test_souped_teacher_averages_phase1_back_in_and_the_student_starts_there(trained, tmp_path):
+    """With phase1_share, the phase-1 EMA is saved at the end of phase 1; the teacher is the
+    tuned EMA with that share of it averaged back in, and the calibration starts from it."""
+    _, work, _ = trained
+    for stage in ("vae", "clip"):
+        (tmp_path / stage).symlink_to(work / stage)
+    config = TinyConfig.quick(seed=1)
+    config.unet = dataclasses.replace(config.unet, steps=4, tune_steps=3, calibrate_steps=0,
+                                      phase1_share=0.25, calibrate_noisy=0.3)
+    _unet_stage(config, tmp_path, resume=False)
+    unet_dir = tmp_path / "unet"
+    phase1 = load_file(str(unet_dir / "phase1.safetensors"))
+    tuned = {k[4:]: v for k, v in load_file(str(unet_dir / "ckpt" / "weights.safetensors")).items()
+             if k.startswith("ema.")}
+    assert phase1.keys() == tuned.keys()
+    assert any(not torch.equal(phase1[k], tuned[k]) for k in tuned)  # the tune moved them
+    shutil.rmtree(unet_dir / "final")  # as if stopped at the end of the tune
+    config.unet = dataclasses.replace(config.unet, calibrate_steps=1)
+    _unet_stage(config, tmp_path, resume=True)
+    teacher = load_file(str(unet_dir / "teacher.safetensors"))
+    for k in tuned:
+        assert torch.allclose(teacher[k], 0.75 * tuned[k] + 0.25 * phase1[k], atol=1e-6)
+    final = load_file(str(unet_dir / "final" / "diffusion_pytorch_model.safetensors"))
+    # one calibration step (at a warmup learning rate) from the teacher, not from the tuned
+    to_teacher = max((final[k] - teacher[k]).abs().max().item() for k in tuned)
+    to_tuned = max((final[k] - tuned[k]).abs().max().item() for k in tuned)
+    assert to_teacher < 1e-4 < 1e-3 < to_tuned
+
+
+def test_calibration_keeps_the_true_noise_for_wrong_captions():
+    """calibrate_noisy: a caption that names something wrongly keeps the noise as target
+    (the robustness the tune taught); the others get the teacher's guided prediction."""
+    from sdlab.tiny.train_unet import calibrated_batch
+
+    teacher = _quick_unet(0).eval()
+    gen = torch.Generator().manual_seed(0)
+    noisy, ctx = torch.randn(4, 4, 8, 8, generator=gen), torch.randn(4, 77, 32, generator=gen)
+    empty, t = torch.randn(1, 77, 32, generator=gen), torch.tensor([10, 200, 500, 900])
+    noise = torch.randn(4, 4, 8, 8, generator=gen)
+    keep = torch.tensor([True, False, True, False])
+    *_, guided = calibrated_batch(teacher, (noisy, t, ctx, noise), empty, 0.5)
+    *_, target = calibrated_batch(teacher, (noisy, t, ctx, noise), empty, 0.5, keep)
+    assert torch.equal(target[keep], noise[keep])
+    assert torch.allclose(target[~keep], guided[~keep])
+    assert not torch.allclose(guided[keep], noise[keep])

@@ -101,6 +101,10 @@ def _tune_text(uc_: UnetConfig) -> str:
             f"{uc_.caption_noise:.0%} of the time"
             + (" -- always below t=500, ever less often above (never at t=1000)"
                if uc_.noise_ramp else "")
+            + (f"; {uc_.partial_prob:.0%} of the clean captions left, at every t, leave out "
+               "the shape's colour or the shape itself (partial captions: each must then be "
+               "drawn from its own word, as a colour x shape pair never seen needs)"
+               if uc_.partial_prob > 0 else "")
             + ", the learning rate on the tail of a cosine over both phases. Without the "
             "tune, guidance 7.5 overshoots (Known problems)."
         )

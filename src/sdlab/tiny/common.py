@@ -87,6 +87,10 @@ class UnetConfig:
     # With noise_ramp the noisy captions are used only as t falls (probability
     # min(1, 2 (1 - t/1000)): always below t=500, never at t=1000), clean ones above.
     noise_ramp: bool = True
+    # In the guidance tune, this share of the clean captions left (at every t) leaves out the
+    # shape's colour or the shape itself (world.partial_caption): the UNet must then draw
+    # each from its own word, which is what a colour x shape pair it never saw needs.
+    partial_prob: float = 0.0
     # Phase 3, the guidance calibration: `calibrate_steps` more steps in which the EMA
     # weights at the end of the previous phase are a frozen teacher and the conditional
     # prediction learns the teacher's eps_u + (teacher_guidance / target_guidance)
@@ -97,6 +101,12 @@ class UnetConfig:
     teacher_guidance: float = 5.0
     target_guidance: float = 7.5
     calibrate_lr: float = 2e-4
+    # The teacher (and the student's start) may be a "model soup": the tuned EMA weights with
+    # `phase1_share` of the clean phase-1 EMA weights averaged back in. calibrate_noisy: this
+    # share of the calibration's captions, at every t, are the tune's noisy ones, their
+    # target the true noise (what keeps img2img from repainting the picture at small t).
+    phase1_share: float = 0.0
+    calibrate_noisy: float = 0.0
     filler_prob: float = 0.5  # as the text encoder was trained
     snr_gamma: float = 0.0  # 0: plain epsilon MSE, as SD (>0: min-SNR weighting)
     ema_decay: float = 0.999

@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -88,17 +89,23 @@ def mislabel(scene: world.Scene, rng: np.random.Generator, rate: float) -> world
             return dataclasses.replace(scene, **attrs)
 
 
-def pool_scenes(seed: int, n: int, filler_prob: float = 0.0, caption_noise: float = 0.0
-                ) -> tuple[list[world.Scene], list[str]]:
+def pool_scenes(seed: int, n: int, filler_prob: float = 0.0, caption_noise: float = 0.0,
+                partial: bool = False) -> tuple[list[world.Scene], list[str]]:
     """The training pool's scenes and captions (cheap: no rendering); `filler_prob` of
     the captions get random filler words, as in the text encoder's training, and with
-    `caption_noise` each named attribute is wrong with that probability (see UnetConfig)."""
+    `caption_noise` each named attribute is wrong with that probability (see UnetConfig).
+    partial: every caption leaves out the shape's colour or the shape (half each)."""
     rng = step_rng(seed, STAGE_ID, 10**8)
     scenes = [world.sample_scene(rng) for _ in range(n)]
     cap_rng = step_rng(seed, STAGE_ID, 10**8 + 1)
     noise_rng = step_rng(seed, STAGE_ID, 10**8 + 3)
     said = [mislabel(s, noise_rng, caption_noise) for s in scenes]
-    captions = [world.caption(s, cap_rng) for s in said]
+    if partial:
+        part_rng = step_rng(seed, STAGE_ID, 10**8 + 4)
+        captions = [world.partial_caption(s, cap_rng, ("color", "shape")[part_rng.integers(2)])
+                    for s in said]
+    else:
+        captions = [world.caption(s, cap_rng) for s in said]
     fill_rng = step_rng(seed, STAGE_ID, 10**8 + 2)
     return scenes, [add_filler(c, fill_rng, filler_prob) for c in captions]
 
@@ -119,8 +126,8 @@ def encode_text(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, captions:
 
 def build_text_cache(path: Path, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                      seed: int, n: int, filler_prob: float = 0.0,
-                     caption_noise: float = 0.0) -> None:
-    _, captions = pool_scenes(seed, n, filler_prob, caption_noise)
+                     caption_noise: float = 0.0, partial: bool = False) -> None:
+    _, captions = pool_scenes(seed, n, filler_prob, caption_noise, partial)
     states = encode_text(text_encoder, tokenizer, captions)
     empty = encode_text(text_encoder, tokenizer, [""], progress=False)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,12 +157,13 @@ def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float) -> 
 @dataclasses.dataclass
 class Pool:
     """The cached training pool: latents, caption states (clean and, for the guidance
-    tune, noisy) and the empty caption's states."""
+    tune, noisy and partial) and the empty caption's states."""
 
     latents: torch.Tensor
     states: torch.Tensor
     empty: torch.Tensor
     noisy_states: torch.Tensor | None
+    partial_states: torch.Tensor | None = None
 
 
 def load_pool(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextModel,
@@ -164,24 +172,41 @@ def load_pool(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextM
     text_path = workdir / "text_cache.safetensors"
     noisy_path = workdir / "text_cache_noisy.safetensors"
     latent_path = workdir / "latent_cache.safetensors"
+    partial_path = workdir / "text_cache_partial.safetensors"
     noisy = cfg.tune_steps > 0 and cfg.caption_noise > 0
+    partial = cfg.tune_steps > 0 and cfg.partial_prob > 0
     if not (resume and text_path.is_file()):
         build_text_cache(text_path, text_encoder, tokenizer, seed, cfg.pool_size,
                          cfg.filler_prob)
     if noisy and not (resume and noisy_path.is_file()):
         build_text_cache(noisy_path, text_encoder, tokenizer, seed, cfg.pool_size,
                          cfg.filler_prob, cfg.caption_noise)
+    if partial and not (resume and partial_path.is_file()):
+        build_text_cache(partial_path, text_encoder, tokenizer, seed, cfg.pool_size,
+                         cfg.filler_prob, partial=True)
     if not (resume and latent_path.is_file()):
         build_latent_cache(latent_path, vae, seed, cfg.pool_size)
     text = load_file(str(text_path))
     return Pool(load_file(str(latent_path))["latents"], text["states"], text["empty"],
-                load_file(str(noisy_path))["states"] if noisy else None)
+                load_file(str(noisy_path))["states"] if noisy else None,
+                load_file(str(partial_path))["states"] if partial else None)
+
+
+class Batch(NamedTuple):
+    """One step's data: noisy latents, t, caption states, the noise (the target), and
+    which captions name some attribute wrongly."""
+
+    latents: torch.Tensor
+    t: torch.Tensor
+    ctx: torch.Tensor
+    noise: torch.Tensor
+    said_wrong: torch.Tensor
 
 
 def training_batch(pool: Pool, cfg: UnetConfig, seed: int, step: int, uncond_prob: float,
-                   noisy_captions: bool, scheduler: DDPMScheduler
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(noisy latents, t, caption states, noise) of one step, the same on a resumed run."""
+                   noisy: float, scheduler: DDPMScheduler, ramp: bool = True) -> Batch:
+    """One step's batch, the same on a resumed run: `noisy` of the captions (at most;
+    with `ramp` and cfg.noise_ramp, as t falls) are noisy ones."""
     rng = step_rng(seed, STAGE_ID, step)
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     idx = torch.from_numpy(rng.integers(len(pool.latents), size=cfg.batch_size))
@@ -191,13 +216,18 @@ def training_batch(pool: Pool, cfg: UnetConfig, seed: int, step: int, uncond_pro
     ctx[drop] = pool.empty.float()
     noise = torch.randn(x0.shape, generator=gen)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
-    if noisy_captions and pool.noisy_states is not None:
-        share = torch.ones(cfg.batch_size)
-        if cfg.noise_ramp:  # noisy captions only as t falls
-            share = (2.0 * (1.0 - t / scheduler.config.num_train_timesteps)).clamp(max=1.0)
+    use = torch.zeros(cfg.batch_size, dtype=torch.bool)
+    if noisy > 0 and pool.noisy_states is not None:
+        share = torch.full((cfg.batch_size,), float(noisy))
+        if ramp and cfg.noise_ramp:  # noisy captions only as t falls
+            falling = 2.0 * noisy * (1.0 - t / scheduler.config.num_train_timesteps)
+            share = falling.clamp(max=noisy)
         use = (torch.rand(cfg.batch_size, generator=gen) < share) & ~drop
         ctx[use] = pool.noisy_states[idx[use]].float()
-    return scheduler.add_noise(x0, noise, t), t, ctx, noise
+        if pool.partial_states is not None:  # of the clean captions left, at every t
+            part = (torch.rand(cfg.batch_size, generator=gen) < cfg.partial_prob) & ~drop & ~use
+            ctx[part] = pool.partial_states[idx[part]].float()
+    return Batch(scheduler.add_noise(x0, noise, t), t, ctx, noise, use)
 
 
 def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextModel,
@@ -222,27 +252,33 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
     unet.train()
     tuned = cfg.steps + cfg.tune_steps
     total = tuned + cfg.calibrate_steps
-    phases = [  # (first step, end, noisy captions, lr schedule (base, warmup, origin), bar)
-        (start, cfg.steps, False, (cfg.lr, cfg.warmup, 0), "unet"),
-        (max(start, cfg.steps), tuned, True, (cfg.lr, cfg.warmup, 0), "unet guidance tune"),
-        (max(start, tuned), total, False, (cfg.calibrate_lr, 50, tuned),
-         "unet guidance calibration"),
+    phases = [  # (first step, end, noisy share (ramp?), empty share, lr (base, warmup,
+        # origin), bar)
+        (start, cfg.steps, (0.0, False), cfg.uncond_prob, (cfg.lr, cfg.warmup, 0), "unet"),
+        (max(start, cfg.steps), tuned, (1.0, True), cfg.tune_uncond_prob,
+         (cfg.lr, cfg.warmup, 0), "unet guidance tune"),
+        (max(start, tuned), total, (cfg.calibrate_noisy, False), cfg.uncond_prob,
+         (cfg.calibrate_lr, 50, tuned), "unet guidance calibration"),
     ]
     teacher = None
-    for first, end, noisy_captions, (base_lr, warmup, origin), desc in phases:
+    for first, end, (noisy, ramp), uncond_prob, (base_lr, warmup, origin), desc in phases:
         steps = ScheduledSteps(opt, first, end, base_lr, warmup, desc, origin)
-        uncond_prob = cfg.tune_uncond_prob if noisy_captions else cfg.uncond_prob
         for step in steps:
-            batch = training_batch(pool, cfg, seed, step, uncond_prob, noisy_captions,
-                                   scheduler)
+            batch = training_batch(pool, cfg, seed, step, uncond_prob, noisy, scheduler, ramp)
             if step >= tuned:
                 if teacher is None:
-                    teacher = load_teacher(workdir, ema)
+                    teacher = load_teacher(workdir, ema, cfg.phase1_share)
+                    if step == tuned and cfg.phase1_share > 0:  # the student starts there too
+                        unet.load_state_dict(teacher.state_dict())
+                        ema.load_state_dict(teacher.state_dict())
                 batch = calibrated_batch(teacher, batch, pool.empty,
-                                         cfg.teacher_guidance / cfg.target_guidance)
+                                         cfg.teacher_guidance / cfg.target_guidance,
+                                         batch.said_wrong)
             loss, mse = _optimizer_step(unet, ema, opt, scheduler, batch, cfg, step)
             losses.write(step, loss=loss, mse=mse)
             steps.show(loss)
+            if step + 1 == cfg.steps and cfg.phase1_share > 0:
+                _save_state(ema, workdir / "phase1.safetensors")
             if (step + 1) % CKPT_EVERY == 0 or step + 1 in (cfg.steps, tuned):
                 save_checkpoint(workdir / "ckpt", step + 1, unet, opt, extra={"ema": ema})
                 log.info("%s step %d: loss %.4f", desc, step + 1, loss)
@@ -250,31 +286,47 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
     return ema
 
 
-def load_teacher(workdir: Path, ema: UNet2DConditionModel) -> UNet2DConditionModel:
+def _save_state(model: torch.nn.Module, path: Path) -> None:
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path.with_suffix(".tmp")))
+    path.with_suffix(".tmp").replace(path)
+
+
+def load_teacher(workdir: Path, ema: UNet2DConditionModel,
+                 phase1_share: float = 0.0) -> UNet2DConditionModel:
     """The guidance calibration's frozen teacher: the EMA weights at the end of the phase
-    before it, saved the first time (so that a run resumed inside the calibration finds them)."""
+    before it, with `phase1_share` of the phase-1 EMA weights (phase1.safetensors) averaged
+    back in; saved the first time (so that a run resumed inside the calibration finds it)."""
     path = workdir / "teacher.safetensors"
     teacher = copy.deepcopy(ema).requires_grad_(False).eval()
     if path.is_file():
         teacher.load_state_dict(load_file(str(path)))
-    else:
-        state = {k: v.contiguous() for k, v in teacher.state_dict().items()}
-        save_file(state, str(path.with_suffix(".tmp")))
-        path.with_suffix(".tmp").replace(path)
+        return teacher
+    if phase1_share > 0:
+        phase1 = load_file(str(workdir / "phase1.safetensors"))
+        tuned = teacher.state_dict()
+        teacher.load_state_dict({k: torch.lerp(v, phase1[k].to(v.dtype), phase1_share)
+                                 for k, v in tuned.items()})
+    _save_state(teacher, path)
     return teacher
 
 
 @torch.no_grad()
 def calibrated_batch(teacher: UNet2DConditionModel, batch: tuple[torch.Tensor, ...],
-                     empty: torch.Tensor, scale: float) -> tuple[torch.Tensor, ...]:
+                     empty: torch.Tensor, scale: float,
+                     keep: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """The batch with its target noise replaced by the teacher's guided prediction at
-    `scale`: eps_u + scale (eps_c - eps_u) (eps_u where the caption is empty)."""
-    noisy, t, ctx, _ = batch
+    `scale`: eps_u + scale (eps_c - eps_u) (eps_u where the caption is empty); where `keep`
+    (captions that name something wrongly) the target stays the true noise."""
+    noisy, t, ctx, noise = batch[:4]
     uncond = empty.float().expand_as(ctx)
     both = teacher(torch.cat([noisy, noisy]), torch.cat([t, t]),
                    encoder_hidden_states=torch.cat([ctx, uncond])).sample
     eps_c, eps_u = both.chunk(2)
-    return noisy, t, ctx, eps_u + scale * (eps_c - eps_u)
+    target = eps_u + scale * (eps_c - eps_u)
+    if keep is not None and keep.any():
+        target[keep] = noise[keep]
+    return noisy, t, ctx, target
 
 
 def _optimizer_step(unet: UNet2DConditionModel, ema: UNet2DConditionModel,
@@ -283,7 +335,7 @@ def _optimizer_step(unet: UNet2DConditionModel, ema: UNet2DConditionModel,
                     step: int) -> tuple[float, float]:
     """One epsilon-prediction step (the target: the noise, or the teacher's calibrated
     prediction) and the EMA update; returns (loss, plain MSE)."""
-    noisy, t, ctx, noise = batch
+    noisy, t, ctx, noise = batch[:4]
     eps = unet(noisy, t, encoder_hidden_states=ctx).sample
     per_sample = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
     if cfg.snr_gamma > 0:
