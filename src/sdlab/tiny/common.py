@@ -87,9 +87,10 @@ class UnetConfig:
     # With noise_ramp the noisy captions are used only as t falls (probability
     # min(1, 2 (1 - t/1000)): always below t=500, never at t=1000), clean ones above.
     noise_ramp: bool = True
-    # In the guidance tune, this share of the clean captions left (at every t) leaves out the
-    # shape's colour or the shape itself (world.partial_caption): the UNet must then draw
-    # each from its own word, which is what a colour x shape pair it never saw needs.
+    # In the guidance tune (and a calibration with noisy captions), this share of the clean
+    # captions left (at every t) leaves out the shape's colour or the shape itself
+    # (world.partial_caption): the UNet must then draw each from its own word, which is what
+    # a colour x shape pair it never saw needs.
     partial_prob: float = 0.0
     # Phase 3, the guidance calibration: `calibrate_steps` more steps in which the EMA
     # weights at the end of the previous phase are a frozen teacher and the conditional
