@@ -37,6 +37,11 @@ class VaeConfig:
     l1_weight: float = 0.1
     fg_weight: float = 4.0  # extra loss weight on and around the shape (see train_vae)
     eval_every: int = 250
+    # The palette's colours pushed apart in latent space: weight of palette_margin_loss and
+    # the rms distance (in latent stds) below which a pair is pushed. The closest pairs
+    # (red-orange 0.38, yellow-orange 0.44, blue-purple 0.60) are the UNet's colour errors.
+    palette_margin: float = 0.0
+    palette_gap: float = 1.0
     # second phase: the decoder alone, on the frozen encoder's posterior means (it can
     # run beside the UNet stage, which only needs the encoder)
     decoder_steps: int = 3000

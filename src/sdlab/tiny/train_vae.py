@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
@@ -74,6 +75,22 @@ def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, cfg: VaeConfig
     return loss, (err**2).mean()
 
 
+def palette_latents(vae: AutoencoderKL) -> torch.Tensor:
+    """(n colours, 4) mean posterior latent of a flat image of each palette colour."""
+    flat = np.stack([np.full((world.IMAGE_SIZE, world.IMAGE_SIZE, 3), rgb, np.uint8)
+                     for rgb in world.COLORS.values()])
+    return vae.encode(images_to_tensor(flat)).latent_dist.mean.mean(dim=(2, 3))
+
+
+def palette_margin_loss(palette: torch.Tensor, latents: torch.Tensor, gap: float) -> torch.Tensor:
+    """Mean over colour pairs of relu(gap - distance): the palette's latents (n, 4) pushed
+    apart, distances in units of the training latents' std (what the scaling factor makes
+    1), so that scaling every latent up does not help."""
+    dist = torch.cdist(palette, palette) / (latents.std() * palette.shape[1] ** 0.5)
+    pairs = torch.triu_indices(len(palette), len(palette), offset=1)
+    return torch.relu(gap - dist[pairs[0], pairs[1]]).mean()
+
+
 @torch.no_grad()
 def encode_mean(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Unscaled posterior means, (N, 4, H/8, W/8)."""
@@ -122,6 +139,9 @@ def train_vae(cfg: VaeConfig, seed: int, workdir: Path, resume: bool = True) -> 
         rec_loss, mse = reconstruction_loss(rec, x, cfg)
         kl = posterior.kl().mean()
         loss = rec_loss + cfg.kl_weight * kl
+        if cfg.palette_margin > 0:
+            margin = palette_margin_loss(palette_latents(vae), posterior.mean, cfg.palette_gap)
+            loss = loss + cfg.palette_margin * margin
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
