@@ -72,14 +72,14 @@ def test_tune_batches_use_partial_captions_at_every_t():
                 partial_states=2 * torch.ones(n, 77, d))
     cfg = UnetConfig(batch_size=4000, partial_prob=0.5)
     scheduler = ddpm_scheduler()
-    _, _, ctx, *_ = training_batch(pool, cfg, 0, 7, 0.1, False, scheduler)
+    _, _, ctx, *_ = training_batch(pool, cfg, 0, 7, 0.1, 0.0, scheduler)
     assert not (ctx == 2).any()
-    _, t, ctx, *_ = training_batch(pool, cfg, 0, 7, 0.1, True, scheduler)
+    _, t, ctx, *_ = training_batch(pool, cfg, 0, 7, 0.1, 1.0, scheduler)
     kind = ctx[:, 0, 0]
     clean_or_partial = (kind == 0) | (kind == 2)
     high = clean_or_partial & (t >= 700)
     assert abs((kind[high] == 2).float().mean().item() - 0.5) < 0.07
     assert (kind[(t < 500)] != 0).all()  # below t = 500 every caption is noisy or empty
     without = dict(vars(pool), partial_states=None)
-    _, _, plain, *_ = training_batch(Pool(**without), cfg, 0, 7, 0.1, True, scheduler)
+    _, _, plain, *_ = training_batch(Pool(**without), cfg, 0, 7, 0.1, 1.0, scheduler)
     assert torch.equal(plain[kind != 2], ctx[kind != 2])  # the rest of the batch is unchanged
