@@ -10,6 +10,7 @@ same reason: pixels that carry structure matter more than flat ones).
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -75,11 +76,17 @@ def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, cfg: VaeConfig
     return loss, (err**2).mean()
 
 
-def palette_latents(vae: AutoencoderKL) -> torch.Tensor:
-    """(n colours, 4) mean posterior latent of a flat image of each palette colour."""
+@functools.cache
+def _palette_images() -> torch.Tensor:
+    """A flat image of each palette colour, (n colours, 3, H, W) in [-1, 1] (made once)."""
     flat = np.stack([np.full((world.IMAGE_SIZE, world.IMAGE_SIZE, 3), rgb, np.uint8)
                      for rgb in world.COLORS.values()])
-    return vae.encode(images_to_tensor(flat)).latent_dist.mean.mean(dim=(2, 3))
+    return images_to_tensor(flat)
+
+
+def palette_latents(vae: AutoencoderKL) -> torch.Tensor:
+    """(n colours, 4) mean posterior latent of a flat image of each palette colour."""
+    return vae.encode(_palette_images()).latent_dist.mean.mean(dim=(2, 3))
 
 
 def palette_margin_loss(palette: torch.Tensor, latents: torch.Tensor, gap: float) -> torch.Tensor:
