@@ -5,7 +5,13 @@ import dataclasses
 import torch
 
 from sdlab.tiny.common import TinyConfig
-from sdlab.tiny.train_vae import build_vae, palette_latents, palette_margin_loss
+from sdlab.tiny.train_vae import (
+    build_vae,
+    closest_palette_pair,
+    palette_latents,
+    palette_margin_loss,
+    train_vae,
+)
 
 
 def test_margin_is_zero_for_a_spread_palette_and_scale_free():
@@ -40,3 +46,15 @@ def test_palette_latents_encode_each_colour():
     palette = palette_latents(vae)
     assert palette.shape == (8, 4)
     assert torch.pdist(palette).min() > 0  # eight different colours, eight latents
+
+
+def test_training_with_the_margin_spreads_the_palette(tmp_path):
+    """The same quick VAE run with and without the margin: with it, the closest two
+    colours end further apart."""
+    base = TinyConfig.quick().vae
+    spread = {}
+    for weight in (0.0, 1.0):
+        cfg = dataclasses.replace(base, palette_margin=weight, palette_gap=2.0)
+        vae = train_vae(cfg, 0, tmp_path / f"vae{weight}", resume=False)
+        spread[weight] = closest_palette_pair(vae, n=64)[0]
+    assert spread[1.0] > 1.3 * spread[0.0], spread

@@ -89,13 +89,30 @@ def palette_latents(vae: AutoencoderKL) -> torch.Tensor:
     return vae.encode(_palette_images()).latent_dist.mean.mean(dim=(2, 3))
 
 
+def palette_distances(palette: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """(n, n) rms distances between the palette's latents (n, 4), in units of the std of
+    `latents` (what the scaling factor makes 1), so that scaling every latent up is no help."""
+    return torch.cdist(palette, palette) / (latents.std() * palette.shape[1] ** 0.5)
+
+
 def palette_margin_loss(palette: torch.Tensor, latents: torch.Tensor, gap: float) -> torch.Tensor:
-    """Mean over colour pairs of relu(gap - distance): the palette's latents (n, 4) pushed
-    apart, distances in units of the training latents' std (what the scaling factor makes
-    1), so that scaling every latent up does not help."""
-    dist = torch.cdist(palette, palette) / (latents.std() * palette.shape[1] ** 0.5)
+    """Mean over colour pairs of relu(gap - distance): the palette's latents pushed apart
+    (distances as palette_distances)."""
+    dist = palette_distances(palette, latents)
     pairs = torch.triu_indices(len(palette), len(palette), offset=1)
     return torch.relu(gap - dist[pairs[0], pairs[1]]).mean()
+
+
+@torch.no_grad()
+def closest_palette_pair(vae: AutoencoderKL, seed: int = 0, n: int = 256) -> tuple[float, str, str]:
+    """The two palette colours whose flat latents are closest, and their distance (latent
+    stds, measured against the latents of n unseen world images)."""
+    z = encode_mean(vae, images_to_tensor(random_images(np.random.default_rng(seed), n, "all")))
+    dist = palette_distances(palette_latents(vae), z)
+    dist += torch.eye(len(dist)) * dist.max()
+    i, j = divmod(int(dist.argmin()), len(dist))
+    names = list(world.COLORS)
+    return float(dist[i, j]), names[i], names[j]
 
 
 @torch.no_grad()
