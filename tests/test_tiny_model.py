@@ -89,3 +89,22 @@ def test_clip_guide_sees_images_as_the_clip_was_trained():
         out = load_clip(FOLDER).get_image_features(pixel_values=images_to_tensor(images))
     trained = torch.nn.functional.normalize(getattr(out, "pooler_output", out), dim=-1)
     assert (guide - trained).abs().max() <= 1e-5
+
+
+def test_card_renders_the_measured_numbers():
+    """The model card, rendered from the shipped folder, reports its benchmark's bars and
+    its VAE's closest palette pair as measured now (the committed card is this text plus
+    the training workdir's stage times)."""
+    from diffusers import AutoencoderKL
+
+    from sdlab.tiny.card import bar_checks, render_card
+    from sdlab.tiny.train_vae import closest_palette_pair
+
+    card = render_card(FOLDER)
+    bench = json.loads((FOLDER / "benchmark.json").read_text())
+    for bar, measured, met in bar_checks(bench):
+        assert f"| {bar} | {measured} | {'yes' if met else 'NO'} |" in card, bar
+    distance, a, b = closest_palette_pair(AutoencoderKL.from_pretrained(FOLDER / "vae"))
+    assert f"closest palette colours {a}-{b}, {distance:.2f} latent stds apart" in card
+    committed = (FOLDER / "README.md").read_text()
+    assert f"{a}-{b}, {distance:.2f} latent stds apart" in committed
