@@ -30,6 +30,18 @@ def test_benchmark_record():
     assert bench["prompts"] == 200
     assert bench["vae_psnr_db"] >= 28.0
     assert bench["seconds_per_image"] <= 3.0
+    assert bench["guidance_7.5_more_held_out_pairs"]["n"] == 200
+
+
+def test_more_held_out_prompts_are_all_held_out_and_new():
+    from sdlab.tiny import world
+    from sdlab.tiny.benchmark import MORE_HELD_OUT_SEED
+
+    more = benchmark_prompts(200, held_out_share=1.0, seed=MORE_HELD_OUT_SEED)
+    assert all(p.held_out and (p.scene.color, p.scene.shape) in world.HELD_OUT for p in more)
+    assert {(p.scene.color, p.scene.shape) for p in more} == set(world.HELD_OUT)
+    bar = {p.text for p in benchmark_prompts(200)}
+    assert sum(p.text in bar for p in more) < 10  # another seed: other scenes and wordings
 
 
 def test_generates_what_the_prompt_says():

@@ -314,6 +314,20 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
                          f"{_pct(same[k])} | {_pct(tw[k]) if k in tw else '-'} | "
                          f"{_pct(g3[k]) if k in g3 else '-'} | {_pct(h3[k]) if k in h3 else '-'} | "
                          f"{_pct(g5[k]) if k in g5 else '-'} | {_pct(h5[k]) if k in h5 else '-'} |")
+        more = bench.get("guidance_7.5_more_held_out_pairs")
+        if more:
+            n_held = int(round(bench["prompts"] * 0.2))
+            se = max(np.sqrt(h[k] * (1 - h[k]) / n_held) for k in ("color", "shape"))
+            lines += [
+                "",
+                f"The held-out column is {n_held} prompts (a standard error of up to "
+                f"{100 * se:.0f} points). On {more['n']} more, all on held-out pairs (another "
+                "seed, guidance 7.5): " + ", ".join(
+                    f"{'shape colour' if k == 'color' else k} {_pct(more[k])}"
+                    for k in ("color", "background", "shape",
+                                                     "position", "size")
+                ) + f"; all five {_pct(more['all'])}.",
+            ]
         by_t = bench.get("guidance_7.5_by_template", {})
         if by_t:
             lines += [
