@@ -2,7 +2,12 @@
 
 import dataclasses
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -321,3 +326,49 @@ def test_calibration_keeps_the_true_noise_for_wrong_captions():
     assert torch.equal(target[keep], noise[keep])
     assert torch.allclose(target[~keep], guided[~keep])
     assert not torch.allclose(guided[keep], noise[keep])
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+from sdlab.tiny.train import exit_with_parent
+
+if __name__ == "__main__":
+    init = exit_with_parent if sys.argv[1] == "watch" else None
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init)
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 120)
+    time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+@pytest.mark.parametrize("mode", ["watch", "plain"])
+def test_stage_workers_exit_when_train_tiny_is_killed(tmp_path, mode):
+    """A parallel train-tiny's stage workers die with it (a killed run must not keep
+    training beside the one that resumes it); a plain pool's worker would live on."""
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE,
+                              text=True)
+    worker = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 5  # the watcher polls every second
+    while _alive(worker) and time.time() < deadline:
+        time.sleep(0.2)
+    try:
+        assert _alive(worker) == (mode == "plain")
+    finally:
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -77,12 +79,26 @@ def _decoder_stage(config: TinyConfig, workdir: Path, resume: bool, log_level: i
     return time.time() - t
 
 
+def exit_with_parent(poll_seconds: float = 1.0) -> None:
+    """In a stage worker: exit as soon as the process that started it is gone, so that a
+    killed `train-tiny` does not leave a stage training (and writing its checkpoints and
+    log) behind it, beside the run that resumes it."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _run_pair(config: TinyConfig, first, second, workdir: Path, resume: bool) -> list[float]:
     if not config.parallel:
         return [first(config, workdir, resume), second(config, workdir, resume)]
     level = logging.getLogger().getEffectiveLevel()
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=2, mp_context=ctx, initializer=exit_with_parent) as pool:
         futures = [pool.submit(f, config, workdir, resume, level) for f in (first, second)]
         return [f.result() for f in futures]
 
