@@ -324,8 +324,7 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
                 f"{100 * se:.0f} points). On {more['n']} more, all on held-out pairs (another "
                 "seed, guidance 7.5): " + ", ".join(
                     f"{'shape colour' if k == 'color' else k} {_pct(more[k])}"
-                    for k in ("color", "background", "shape",
-                                                     "position", "size")
+                    for k in ("color", "background", "shape", "position", "size")
                 ) + f"; all five {_pct(more['all'])}.",
             ]
         by_t = bench.get("guidance_7.5_by_template", {})
@@ -461,8 +460,8 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         "the true noise (`calibrate_noisy` 0.3; runs/tinyQ), did not carry that robustness "
         "to 7.5 either: 94.5 / 91 / 89 / 92.5%, all five 70%, held-out colour 65% and shape "
         "60%, and the same three failures (the blue guide +0.1). The blue guide's failure is "
-        "the margin's own price: colours three times further apart in latent space need a "
-        "three times longer step to change, and the blue loss's gradient through this "
+        "the margin's own price: with the closest colours three times further apart in latent "
+        "space, a colour change takes a longer step, and the blue loss's gradient through this "
         "decoder is 0.6x as large (rms 3e-5 against 5e-5 per latent, on 16 world images).",
         "- **Partial captions (not shipped).** A guidance tune in which 30% of the clean "
         "captions left out the shape's colour or the shape (\"a large triangle on blue\", "
