@@ -69,10 +69,12 @@ class Prompt:
         return Prompt(text, s, self.seed, self.held_out, -1)
 
 
+HELD_OUT_SHARE = 0.2  # of the benchmark's prompts, on held-out colour x shape pairs
 MORE_HELD_OUT_SEED = 7
 
 
-def benchmark_prompts(n: int = 200, held_out_share: float = 0.2, seed: int = 2024) -> list[Prompt]:
+def benchmark_prompts(n: int = 200, held_out_share: float = HELD_OUT_SHARE,
+                      seed: int = 2024) -> list[Prompt]:
     """n fixed prompts; the first share of them on held-out colour x shape pairs."""
     rng = np.random.default_rng(seed)
     n_held = int(round(n * held_out_share))

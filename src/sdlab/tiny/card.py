@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPVisionModelWithProjection
 
 from sdlab.tiny import world
-from sdlab.tiny.benchmark import DEFAULT_FOLDER
+from sdlab.tiny.benchmark import DEFAULT_FOLDER, HELD_OUT_SHARE
 from sdlab.tiny.common import ClipConfig, LossLog, TinyConfig, UnetConfig, VaeConfig
 from sdlab.tiny.train_vae import closest_palette_pair
 
@@ -292,10 +292,11 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         h = bench["guidance_7.5_held_out_pairs"]
         lo = bench["guidance_1.0"]
         same = bench["guidance_7.5_same_prompts_as_1.0"]
+        n_held = int(round(bench["prompts"] * HELD_OUT_SHARE))
         lines += [
             f"{bench['prompts']} prompts worded unlike any training caption (e.g. \"a picture "
             "of a large yellow star in the top of the frame, purple backdrop\"), "
-            f"{sum(1 for _ in range(int(round(bench['prompts'] * 0.2))))} of them on held-out "
+            f"{n_held} of them on held-out "
             "colour x shape pairs; fixed seeds, LMS, 30 steps; each image read back by the "
             "deterministic judge (`sdlab/tiny/judge.py`, 100% on the world's own images). "
             "`python -m sdlab.tiny.benchmark` reproduces it.",
@@ -316,7 +317,6 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
                          f"{_pct(g5[k]) if k in g5 else '-'} | {_pct(h5[k]) if k in h5 else '-'} |")
         more = bench.get("guidance_7.5_more_held_out_pairs")
         if more:
-            n_held = int(round(bench["prompts"] * 0.2))
             se = max(np.sqrt(h[k] * (1 - h[k]) / n_held) for k in ("color", "shape"))
             lines += [
                 "",
