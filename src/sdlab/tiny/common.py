@@ -113,6 +113,12 @@ class UnetConfig:
     # target the true noise (what keeps img2img from repainting the picture at small t).
     phase1_share: float = 0.0
     calibrate_noisy: float = 0.0
+    # The share of captions (not the empty one) whose end-token state is replaced by another
+    # caption's, in every phase. The end token sums up the whole caption, so a UNet that can
+    # read it learns colour x shape pairs as wholes from it and never draws an unseen pair;
+    # with it scrambled the UNet must read the words (best with a text encoder whose word
+    # and padding states are word-invariant: ClipConfig.word_invariance, invariant_padding).
+    end_swap: float = 0.0
     filler_prob: float = 0.5  # as the text encoder was trained
     snr_gamma: float = 0.0  # 0: plain epsilon MSE, as SD (>0: min-SNR weighting)
     ema_decay: float = 0.999

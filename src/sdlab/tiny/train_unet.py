@@ -10,6 +10,8 @@ some attributes wrongly (caption_noise, more often as t falls) and more empty ca
 that bounds what guidance can amplify, so guidance 7.5 no longer overshoots (see the card).
 An optional third phase, the guidance calibration (UnetConfig.calibrate_steps), distils the
 model into one whose guidance 7.5 is the teacher's guidance `teacher_guidance`.
+With UnetConfig.end_swap the end token's state (a summary of the whole caption) is swapped
+for another caption's, so that the UNet reads the words rather than the summary.
 
 (min-SNR weighting, gamma 5, was tried first; it gives the small-t steps almost no weight.
 That model repainted from the text at small t — a wrong caption at t=10 raised its error
@@ -112,26 +114,29 @@ def pool_scenes(seed: int, n: int, filler_prob: float = 0.0, caption_noise: floa
 
 @torch.no_grad()
 def encode_text(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, captions: list[str],
-                batch_size: int = 256, progress: bool = True) -> torch.Tensor:
-    """Last hidden states (N, 77, d) as SD's pipeline computes them (max_length padding)."""
-    out = []
+                batch_size: int = 256, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last hidden states (N, 77, d) as SD's pipeline computes them (max_length padding),
+    and the position of each caption's end token (N,)."""
+    out, ends = [], []
     for i in tqdm(range(0, len(captions), batch_size), desc="encode text", disable=not progress):
         ids = tokenizer(
             captions[i : i + batch_size], padding="max_length",
             max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt",
         ).input_ids  # fmt: skip
         out.append(text_encoder(ids).last_hidden_state.half())
-    return torch.cat(out)
+        ends.append((ids == tokenizer.eos_token_id).int().argmax(dim=1))
+    return torch.cat(out), torch.cat(ends)
 
 
 def build_text_cache(path: Path, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                      seed: int, n: int, filler_prob: float = 0.0,
                      caption_noise: float = 0.0, partial: bool = False) -> None:
     _, captions = pool_scenes(seed, n, filler_prob, caption_noise, partial)
-    states = encode_text(text_encoder, tokenizer, captions)
-    empty = encode_text(text_encoder, tokenizer, [""], progress=False)
+    states, ends = encode_text(text_encoder, tokenizer, captions)
+    empty = encode_text(text_encoder, tokenizer, [""], progress=False)[0]
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"states": states.contiguous(), "empty": empty.contiguous()}, str(path))
+    save_file({"states": states.contiguous(), "empty": empty.contiguous(), "ends": ends},
+              str(path))
 
 
 @torch.no_grad()
@@ -157,13 +162,15 @@ def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float) -> 
 @dataclasses.dataclass
 class Pool:
     """The cached training pool: latents, caption states (clean and, for the guidance
-    tune, noisy and partial) and the empty caption's states."""
+    tune, noisy and partial), the empty caption's states, and where each caption's end
+    token is (clean, noisy, partial)."""
 
     latents: torch.Tensor
     states: torch.Tensor
     empty: torch.Tensor
     noisy_states: torch.Tensor | None
     partial_states: torch.Tensor | None = None
+    ends: tuple[torch.Tensor | None, ...] = (None, None, None)
 
 
 def load_pool(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextModel,
@@ -187,9 +194,14 @@ def load_pool(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextM
     if not (resume and latent_path.is_file()):
         build_latent_cache(latent_path, vae, seed, cfg.pool_size)
     text = load_file(str(text_path))
+    noisy_text = load_file(str(noisy_path)) if noisy else {}
+    partial_text = load_file(str(partial_path)) if partial else {}
+    if cfg.end_swap > 0 and not all("ends" in c for c in (text, noisy_text, partial_text) if c):
+        raise ValueError(f"the text caches in {workdir} predate end_swap (no end-token "
+                         "positions): delete text_cache*.safetensors there and resume")
     return Pool(load_file(str(latent_path))["latents"], text["states"], text["empty"],
-                load_file(str(noisy_path))["states"] if noisy else None,
-                load_file(str(partial_path))["states"] if partial else None)
+                noisy_text.get("states"), partial_text.get("states"),
+                (text.get("ends"), noisy_text.get("ends"), partial_text.get("ends")))
 
 
 class Batch(NamedTuple):
@@ -217,6 +229,7 @@ def training_batch(pool: Pool, cfg: UnetConfig, seed: int, step: int, uncond_pro
     noise = torch.randn(x0.shape, generator=gen)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
     use = torch.zeros(cfg.batch_size, dtype=torch.bool)
+    part = torch.zeros(cfg.batch_size, dtype=torch.bool)
     if noisy > 0 and pool.noisy_states is not None:
         share = torch.full((cfg.batch_size,), float(noisy))
         if ramp and cfg.noise_ramp:  # noisy captions only as t falls
@@ -227,7 +240,25 @@ def training_batch(pool: Pool, cfg: UnetConfig, seed: int, step: int, uncond_pro
         if pool.partial_states is not None:  # of the clean captions left, at every t
             part = (torch.rand(cfg.batch_size, generator=gen) < cfg.partial_prob) & ~drop & ~use
             ctx[part] = pool.partial_states[idx[part]].float()
+    if cfg.end_swap > 0:
+        swap_ends(ctx, pool, idx, ~drop & (torch.rand(cfg.batch_size, generator=gen)
+                                           < cfg.end_swap), use, part, gen)
     return Batch(scheduler.add_noise(x0, noise, t), t, ctx, noise, use)
+
+
+def swap_ends(ctx: torch.Tensor, pool: Pool, idx: torch.Tensor, swap: torch.Tensor,
+              noisy: torch.Tensor, partial: torch.Tensor, gen: torch.Generator) -> None:
+    """In place: where `swap`, the caption's end-token state becomes that of another
+    caption of the pool (a clean one, drawn at random), at the caption's own end position."""
+    clean_ends, noisy_ends, partial_ends = pool.ends
+    ends = clean_ends[idx].clone()
+    if noisy.any():
+        ends[noisy] = noisy_ends[idx[noisy]]
+    if partial.any():
+        ends[partial] = partial_ends[idx[partial]]
+    donors = torch.randint(0, len(pool.states), (len(idx),), generator=gen)
+    rows = swap.nonzero().squeeze(1)
+    ctx[rows, ends[rows]] = pool.states[donors[rows], clean_ends[donors[rows]]].float()
 
 
 def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextModel,
