@@ -67,6 +67,10 @@ class ClipConfig:
     filler_prob: float = 0.5  # share of captions with random filler words (see filler.py)
     word_invariance: float = 0.0  # weight of the word-invariance loss (see train_clip)
     invariant_padding: bool = False
+    # Weight of the pair-additivity loss (see train_clip.pair_additivity_loss) and how many
+    # captions of each batch get their colour x shape square.
+    pair_additivity: float = 0.0
+    additivity_captions: int = 32
 
 
 @dataclass

@@ -11,6 +11,12 @@ may depend on the words around it, but not on which colour or shape another word
 Without this the state of "cross" in "a yellow cross" is a yellow-and-cross feature, never
 seen when the pair is held out. Off by default: a UNet trained on such an encoder drew the
 held-out pairs no better (the model card).
+
+With `pair_additivity`, some captions also get their colour x shape "square": the same
+caption with another colour, with another shape, and with both (all four pairs seen in
+training), and the encoder's states at every position must add up like a parallelogram:
+h(c, s) - h(c', s) - h(c, s') + h(c', s') = 0. The states of a pair never seen are then
+those the seen pairs around it imply, and the UNet, which reads them, can draw it.
 """
 
 from __future__ import annotations
@@ -108,6 +114,8 @@ class ClipBatch:
     scenes: list[world.Scene]
     mentions: list[frozenset[str]]  # the attributes each caption names
     twins: list[str] | None = None  # each caption with one attribute word swapped
+    # the first captions' colour x shape squares: (other colour, other shape, both)
+    squares: tuple[list[str], list[str], list[str]] | None = None
 
 
 _SWAPPABLE = ("color", "shape", "background")  # attributes named by one word, one token
@@ -127,23 +135,41 @@ def word_swap(scene: world.Scene, rng: np.random.Generator,
             return dataclasses.replace(scene, **attrs)
 
 
+def pair_square(scene: world.Scene, rng: np.random.Generator
+                ) -> tuple[world.Scene, world.Scene, world.Scene]:
+    """The scene with another colour, with another shape, and with both: all four colour x
+    shape pairs in the training split (and no shape the colour of its background)."""
+    while True:
+        color = world.COLOR_NAMES[rng.integers(len(world.COLOR_NAMES))]
+        shape = world.SHAPES[rng.integers(len(world.SHAPES))]
+        if color == scene.color or shape == scene.shape:
+            continue
+        square = (dataclasses.replace(scene, color=color),
+                  dataclasses.replace(scene, shape=shape),
+                  dataclasses.replace(scene, color=color, shape=shape))
+        if all(world.in_training_split(s.attributes) for s in square):
+            return square
+
+
 def clip_batch(rng: np.random.Generator, n: int, filler_prob: float = 0.0,
-               twins: bool = False) -> ClipBatch:
+               twins: bool = False, squares: int = 0) -> ClipBatch:
     """n images and captions: n/2 random training scenes, then one sibling of each;
     `filler_prob` of the captions get random filler words (see filler.py); with `twins`,
-    each caption's word-swapped twin too (see word_invariance_loss)."""
+    each caption's word-swapped twin too (see word_invariance_loss); the first `squares`
+    captions' colour x shape squares (see pair_additivity_loss)."""
     base = [world.sample_scene(rng) for _ in range(n // 2)]
     scenes = base + [sibling(s, rng) for s in base]
     scenes += [world.sample_scene(rng) for _ in range(n - len(scenes))]
     images = np.stack([world.render(s) for s in scenes])
     caption_states, filler_states = [], []
     texts = []
+    keep = twins or squares > 0
     for s in scenes:
-        caption_states.append(copy.deepcopy(rng) if twins else None)
+        caption_states.append(copy.deepcopy(rng) if keep else None)
         texts.append(world.caption_and_mentions(s, rng))
     captions = []
     for t, _ in texts:
-        filler_states.append(copy.deepcopy(rng) if twins else None)
+        filler_states.append(copy.deepcopy(rng) if keep else None)
         captions.append(add_filler(t, rng, filler_prob))
     batch = ClipBatch(images, captions, scenes, [m for _, m in texts])
     if twins:  # the same template, wording and filler as the caption: only one word differs
@@ -153,6 +179,13 @@ def clip_batch(rng: np.random.Generator, n: int, filler_prob: float = 0.0,
             for s, (_, m), c, f in zip(scenes, texts, caption_states, filler_states,
                                        strict=True)
         ]
+    if squares > 0:  # the same template, wording and filler: only the pair's words differ
+        square_rng = np.random.default_rng(rng.integers(2**63))
+        corners = [pair_square(s, square_rng) for s in scenes[:squares]]
+        batch.squares = tuple(
+            [add_filler(world.caption(c[k], copy.deepcopy(cs)), copy.deepcopy(fs), filler_prob)
+             for c, cs, fs in zip(corners, caption_states, filler_states, strict=False)]
+            for k in range(3))
     return batch
 
 
@@ -213,6 +246,21 @@ def word_invariance_loss(model: CLIPModel, ids: torch.Tensor, states: torch.Tens
     return ((states - twin_states) ** 2).mean(dim=-1)[shared].mean()
 
 
+def pair_additivity_loss(model: CLIPModel, states: torch.Tensor,
+                         square_ids: list[torch.Tensor]) -> torch.Tensor:
+    """Mean squared parallelogram residual h(c, s) - h(c', s) - h(c, s') + h(c', s') of the
+    text states, at every position (the padding too: SD's UNet reads all 77), for the first
+    len(square_ids[0]) captions, relative to the mean squared change one swap makes (so 1
+    means pairs as entangled as the swaps are large); `square_ids`: the (c', s), (c, s')
+    and (c', s') captions."""
+    other_color, other_shape, both = (model.text_model(input_ids=ids).last_hidden_state
+                                      for ids in square_ids)
+    own = states[: len(both)]
+    residual = ((own - other_color - other_shape + both) ** 2).mean()
+    swaps = (((own - other_color) ** 2).mean() + ((own - other_shape) ** 2).mean()) / 2
+    return residual / swaps.detach().clamp(min=1e-8)
+
+
 def clip_step(model: CLIPModel, heads: AttributeHeads, opt: torch.optim.Optimizer,
               tokenizer: CLIPTokenizer, cfg: ClipConfig, batch: ClipBatch) -> dict[str, float]:
     """One optimisation step: contrastive loss + attr_weight x attribute read-out loss
@@ -228,6 +276,11 @@ def clip_step(model: CLIPModel, heads: AttributeHeads, opt: torch.optim.Optimize
                                    cfg.invariant_padding)
         loss = loss + cfg.word_invariance * inv
         values["word_invariance"] = inv.item()
+    if batch.squares is not None:
+        add = pair_additivity_loss(model, out.text_model_output.last_hidden_state,
+                                   [tokenize(tokenizer, c, cfg.text_len) for c in batch.squares])
+        loss = loss + cfg.pair_additivity * add
+        values["pair_additivity"] = add.item()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()), 1.0)
@@ -263,7 +316,9 @@ def train_clip(cfg: ClipConfig, seed: int, workdir: Path, resume: bool = True) -
     for step in steps:
         values = clip_step(model, heads, opt, tokenizer, cfg,
                            clip_batch(step_rng(seed, STAGE_ID, step), cfg.batch_size,
-                                      cfg.filler_prob, twins=cfg.word_invariance > 0))
+                                      cfg.filler_prob, twins=cfg.word_invariance > 0,
+                                      squares=cfg.additivity_captions
+                                      if cfg.pair_additivity > 0 else 0))
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
             model.eval()
             values["retrieval"] = retrieval_accuracy(model, tokenizer, seed, text_len=cfg.text_len)
