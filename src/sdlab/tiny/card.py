@@ -231,7 +231,16 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
            + " must not change (the end token, which sums the caption up, may). Without it "
            "the state of \"cross\" in \"a yellow cross\" is a yellow-and-cross feature, "
            "never seen when that pair is held out."
-           if cc_.word_invariance > 0 else ""),
+           if cc_.word_invariance > 0 else "")
+        + (f" Plus {cc_.pair_additivity:g}x a pair-additivity loss: {cc_.additivity_captions} "
+           "captions of each batch get their colour x shape square (the same caption with "
+           "another colour, another shape, and both; all four pairs seen in training) and "
+           "the text states at all 77 positions must add up like a parallelogram, "
+           "h(c, s) - h(c', s) - h(c, s') + h(c', s') = 0 (relative to the change one swap "
+           "makes). The UNet reads the caption mostly from the states after the end token, "
+           "which sum the caption up; additive, the states of a pair never seen are the ones "
+           "the pairs around it imply."
+           if cc_.pair_additivity > 0 else ""),
         f"3. UNet on cached latents (posterior means x scaling factor) and cached "
         f"text-encoder states (77 tokens, as the pipeline computes them) of a "
         f"{uc_.pool_size:,}-image pool; SD's DDPM noise schedule, "
