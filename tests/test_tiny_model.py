@@ -120,3 +120,26 @@ def test_card_renders_the_measured_numbers():
     assert f"closest palette colours {a}-{b}, {distance:.2f} latent stds apart" in card
     committed = (FOLDER / "README.md").read_text()
     assert f"{a}-{b}, {distance:.2f} latent stds apart" in committed
+
+
+def test_card_describes_the_training_options_a_run_used(tmp_path):
+    """The Training section follows the run's config.json: the pair-additivity loss and the
+    end-token swap are described (with their values) only when the run used them."""
+    import dataclasses
+
+    from sdlab.tiny.card import render_card
+    from sdlab.tiny.common import TinyConfig
+
+    config = TinyConfig()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text(json.dumps(config.to_dict()))
+    config.clip = dataclasses.replace(config.clip, pair_additivity=2.5, additivity_captions=24)
+    config.unet = dataclasses.replace(config.unet, end_swap=0.75)
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "config.json").write_text(json.dumps(config.to_dict()))
+    without, with_both = render_card(FOLDER, plain), render_card(FOLDER, used)
+    assert "pair-additivity" not in without and "end-token states swapped" not in without
+    assert "Plus 2.5x a pair-additivity loss: 24 captions of each batch" in with_both
+    assert "in every phase 75% of the captions' end-token states swapped" in with_both
