@@ -459,7 +459,8 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         "word states may not depend on other words cannot tell the UNet that \"white\" in "
         "\"white background with a ...\" names the background; only the summary can. Stopped.",
         "- **A CLIP whose states add up (not shipped).** With `ClipConfig.pair_additivity` "
-        "(weight 10, `text_len` 77) each caption's colour x shape square had to add up at every "
+        "(weight 10, `text_len` 77; the swaps' change held fixed in the ratio) each caption's "
+        "colour x shape square had to add up at every "
         "position. The parallelogram residual fell to 0.1% of a swap's change (this model's "
         "CLIP: 3.8%), and the UNet on it (phase 1, 4,000 steps, guidance 3) drew held-out pairs "
         "in the right colour far more often (78.5% on 200 held-out-pair prompts; this model's "
@@ -468,7 +469,9 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         "constant (spread 0.05, this model's 0.8) and the end token kept colour but not "
         "position (20%), and for held-out pairs named the wrong shape every time. Additivity "
         "is enforced only on squares of seen pairs, so nothing ties the held-out pairs' states "
-        "to it; naming held-out pairs in the loss would put them in training.",
+        "to it; naming held-out pairs in the loss would put them in training. With the "
+        "ratio's gradient through the swaps' change and weight 2, the padding kept colour "
+        "(held-out 88%) but again dropped shape (31% on seen pairs); its UNet was not trained.",
         "- **Guidance calibration from phase 1 (not shipped).** This model's clean phase-1 "
         "UNet is at its best at guidance 3: 96 / 90 / 91 / 95%, all five 80%. Calibrated "
         "straight from it (1,500 steps on the tail of the phase-1 cosine, teacher guidance "
