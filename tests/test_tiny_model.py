@@ -134,12 +134,15 @@ def test_card_describes_the_training_options_a_run_used(tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "config.json").write_text(json.dumps(config.to_dict()))
-    config.clip = dataclasses.replace(config.clip, pair_additivity=2.5, additivity_captions=24)
+    config.clip = dataclasses.replace(config.clip, pair_additivity=2.5, additivity_captions=24,
+                                      padding_readout=3.0)
     config.unet = dataclasses.replace(config.unet, end_swap=0.75)
     used = tmp_path / "used"
     used.mkdir()
     (used / "config.json").write_text(json.dumps(config.to_dict()))
     without, with_both = render_card(FOLDER, plain), render_card(FOLDER, used)
     assert "pair-additivity" not in without and "end-token states swapped" not in without
+    assert "read-out of every attribute from the mean" not in without
+    assert "Plus 3x a read-out of every attribute from the mean of the padding" in with_both
     assert "Plus 2.5x a pair-additivity loss: 24 captions of each batch" in with_both
     assert "in every phase 75% of the captions' end-token states swapped" in with_both

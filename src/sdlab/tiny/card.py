@@ -240,7 +240,11 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
            "makes). The UNet reads the caption mostly from the states after the end token, "
            "which sum the caption up; additive, the states of a pair never seen are the ones "
            "the pairs around it imply."
-           if cc_.pair_additivity > 0 else ""),
+           if cc_.pair_additivity > 0 else "")
+        + (f" Plus {cc_.padding_readout:g}x a read-out of every attribute from the mean of "
+           "the padding states (without it, additivity was had by dropping the shape from "
+           "the padding)."
+           if cc_.padding_readout > 0 else ""),
         f"3. UNet on cached latents (posterior means x scaling factor) and cached "
         f"text-encoder states (77 tokens, as the pipeline computes them) of a "
         f"{uc_.pool_size:,}-image pool; SD's DDPM noise schedule, "

@@ -71,6 +71,9 @@ class ClipConfig:
     # captions of each batch get their colour x shape square.
     pair_additivity: float = 0.0
     additivity_captions: int = 32
+    # Weight of a read-out of every attribute from the padding states (AttributeHeads):
+    # without it, pair additivity was had by dropping shape from the padding.
+    padding_readout: float = 0.0
 
 
 @dataclass

@@ -195,15 +195,36 @@ class AttributeHeads(torch.nn.Module):
     Contrastive loss alone let the text tower merge words the image tower could not yet
     tell apart (left/right came out nearly identical): naming each attribute from the
     text embedding keeps every word distinct, which is what the UNet's conditioning needs.
+    With `padding_dim`, a third set reads every attribute the caption names from the mean
+    of the text states after the end token (the padding, which SD's UNet reads most).
     Used in training only; not shipped.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, padding_dim: int = 0):
         super().__init__()
         self.text = torch.nn.ModuleDict(
             {k: torch.nn.Linear(dim, len(v)) for k, v in world.ATTRIBUTE_VALUES.items()})
         self.image = torch.nn.ModuleDict(
             {k: torch.nn.Linear(dim, len(v)) for k, v in world.ATTRIBUTE_VALUES.items()})
+        if padding_dim:
+            self.padding = torch.nn.ModuleDict({k: torch.nn.Linear(padding_dim, len(v))
+                                                for k, v in world.ATTRIBUTE_VALUES.items()})
+
+    def padding_loss(self, ids: torch.Tensor, states: torch.Tensor,
+                     batch: ClipBatch) -> torch.Tensor:
+        """Cross-entropy of the padding read-outs (attributes the caption does not name are
+        not asked for)."""
+        end = (ids == EOS).int().argmax(dim=1, keepdim=True)
+        after = (torch.arange(ids.shape[1]).unsqueeze(0) > end).float().unsqueeze(-1)
+        padding = (states * after).sum(1) / after.sum(1).clamp(min=1)
+        total = 0.0
+        for key, values in world.ATTRIBUTE_VALUES.items():
+            labels = torch.tensor([values.index(getattr(s, key)) for s in batch.scenes])
+            named = torch.tensor([key in m for m in batch.mentions])
+            labels = torch.where(named, labels, torch.full_like(labels, -100))
+            total = total + torch.nn.functional.cross_entropy(
+                self.padding[key](padding), labels, ignore_index=-100)
+        return total / len(world.ATTRIBUTE_VALUES)
 
     def loss(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor,
              batch: ClipBatch) -> torch.Tensor:
@@ -266,7 +287,8 @@ def pair_additivity_loss(model: CLIPModel, states: torch.Tensor,
 def clip_step(model: CLIPModel, heads: AttributeHeads, opt: torch.optim.Optimizer,
               tokenizer: CLIPTokenizer, cfg: ClipConfig, batch: ClipBatch) -> dict[str, float]:
     """One optimisation step: contrastive loss + attr_weight x attribute read-out loss
-    (+ word_invariance x word_invariance_loss)."""
+    (+ word_invariance x word_invariance_loss, pair_additivity x pair_additivity_loss,
+    padding_readout x the padding read-out loss)."""
     ids = tokenize(tokenizer, batch.captions, cfg.text_len)
     out = model(input_ids=ids, pixel_values=images_to_tensor(batch.images), return_loss=True)
     attr = heads.loss(out.text_embeds, out.image_embeds, batch)
@@ -283,6 +305,10 @@ def clip_step(model: CLIPModel, heads: AttributeHeads, opt: torch.optim.Optimize
                                    [tokenize(tokenizer, c, cfg.text_len) for c in batch.squares])
         loss = loss + cfg.pair_additivity * add
         values["pair_additivity"] = add.item()
+    if cfg.padding_readout > 0:
+        pad = heads.padding_loss(ids, out.text_model_output.last_hidden_state, batch)
+        loss = loss + cfg.padding_readout * pad
+        values["padding_readout"] = pad.item()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()), 1.0)
@@ -301,7 +327,7 @@ def train_clip(cfg: ClipConfig, seed: int, workdir: Path, resume: bool = True) -
     torch.manual_seed(seed)
     tokenizer = load_tokenizer()
     model = build_clip(cfg)
-    heads = AttributeHeads(cfg.projection_dim)
+    heads = AttributeHeads(cfg.projection_dim, cfg.hidden_size if cfg.padding_readout else 0)
     named = list(model.named_parameters()) + list(heads.named_parameters())
     decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
