@@ -475,7 +475,12 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         "is enforced only on squares of seen pairs, so nothing ties the held-out pairs' states "
         "to it; naming held-out pairs in the loss would put them in training. With the "
         "ratio's gradient through the swaps' change and weight 2, the padding kept colour "
-        "(held-out 88%) but again dropped shape (31% on seen pairs); its UNet was not trained.",
+        "(held-out 88%) but again dropped shape (31% on seen pairs); its UNet was not trained. "
+        "With a read-out of every attribute from the padding as well "
+        "(`ClipConfig.padding_readout` 4), the states of held-out pairs came out compositional: "
+        "the padding names their colour 98% and shape 97% of the time (this model's CLIP: 27% "
+        "and 28%), retrieval among 256 captions is 76% (this model's: 60%). A UNet on it is "
+        "the next step.",
         "- **Guidance calibration from phase 1 (not shipped).** This model's clean phase-1 "
         "UNet is at its best at guidance 3: 96 / 90 / 91 / 95%, all five 80%. Calibrated "
         "straight from it (1,500 steps on the tail of the phase-1 cosine, teacher guidance "
