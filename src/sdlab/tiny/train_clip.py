@@ -189,6 +189,15 @@ def clip_batch(rng: np.random.Generator, n: int, filler_prob: float = 0.0,
     return batch
 
 
+def _labels(batch: ClipBatch, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each scene's value of `key` as a class index, and the same with -100 (ignored) where
+    the caption does not name it."""
+    values = world.ATTRIBUTE_VALUES[key]
+    labels = torch.tensor([values.index(getattr(s, key)) for s in batch.scenes])
+    named = torch.tensor([key in m for m in batch.mentions])
+    return labels, torch.where(named, labels, torch.full_like(labels, -100))
+
+
 class AttributeHeads(torch.nn.Module):
     """Linear read-outs of every attribute from the text and image embeddings.
 
@@ -218,21 +227,16 @@ class AttributeHeads(torch.nn.Module):
         after = (torch.arange(ids.shape[1]).unsqueeze(0) > end).float().unsqueeze(-1)
         padding = (states * after).sum(1) / after.sum(1).clamp(min=1)
         total = 0.0
-        for key, values in world.ATTRIBUTE_VALUES.items():
-            labels = torch.tensor([values.index(getattr(s, key)) for s in batch.scenes])
-            named = torch.tensor([key in m for m in batch.mentions])
-            labels = torch.where(named, labels, torch.full_like(labels, -100))
+        for key in world.ATTRIBUTE_VALUES:
             total = total + torch.nn.functional.cross_entropy(
-                self.padding[key](padding), labels, ignore_index=-100)
+                self.padding[key](padding), _labels(batch, key)[1], ignore_index=-100)
         return total / len(world.ATTRIBUTE_VALUES)
 
     def loss(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor,
              batch: ClipBatch) -> torch.Tensor:
         total = 0.0
-        for key, values in world.ATTRIBUTE_VALUES.items():
-            labels = torch.tensor([values.index(getattr(s, key)) for s in batch.scenes])
-            named = torch.tensor([key in m for m in batch.mentions])
-            text_labels = torch.where(named, labels, torch.full_like(labels, -100))
+        for key in world.ATTRIBUTE_VALUES:
+            labels, text_labels = _labels(batch, key)
             ce = torch.nn.functional.cross_entropy
             total = total + ce(self.text[key](text_embeds), text_labels, ignore_index=-100)
             total = total + ce(self.image[key](image_embeds), labels)
