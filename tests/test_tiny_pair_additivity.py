@@ -91,7 +91,7 @@ def _train(cfg, steps: int) -> torch.nn.Module:
 def test_training_with_the_loss_makes_pairs_add_up():
     tok = load_tokenizer()
     cfg = dataclasses.replace(TinyConfig.quick().clip, steps=30, text_len=77,
-                              additivity_captions=16)
+                              additivity_captions=16, padding_readout=0.0)
     batch = clip_batch(np.random.default_rng(99), 64, squares=64)
     ids = tokenize(tok, batch.captions, 77)
     square_ids = [tokenize(tok, c, 77) for c in batch.squares]

@@ -64,7 +64,8 @@ def test_training_with_the_loss_makes_word_states_invariant():
     """Words: with the loss, a word's state barely moves when another word is swapped; the
     padding after the end token only when invariant_padding asks for it."""
     tok = load_tokenizer()
-    cfg = dataclasses.replace(TinyConfig.quick().clip, steps=30)
+    cfg = dataclasses.replace(TinyConfig.quick().clip, steps=30, text_len=24,
+                              pair_additivity=0.0, padding_readout=0.0)
     runs = {
         "without": dataclasses.replace(cfg, word_invariance=0.0),
         "words": dataclasses.replace(cfg, word_invariance=5.0, invariant_padding=False),

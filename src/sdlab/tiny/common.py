@@ -57,7 +57,9 @@ class ClipConfig:
     vision_hidden_size: int = 64
     vision_layers: int = 4
     projection_dim: int = 64
-    text_len: int = 24  # captions are padded to this while training (all fit)
+    # Captions are padded to 77 while training, as the pipeline pads them: the padding
+    # states are what the UNet reads most, so they are trained too.
+    text_len: int = 77
     steps: int = 1600
     batch_size: int = 128  # half base scenes, half siblings differing in one attribute
     lr: float = 1e-3
@@ -69,11 +71,11 @@ class ClipConfig:
     invariant_padding: bool = False
     # Weight of the pair-additivity loss (see train_clip.pair_additivity_loss) and how many
     # captions of each batch get their colour x shape square.
-    pair_additivity: float = 0.0
+    pair_additivity: float = 2.0
     additivity_captions: int = 32
     # Weight of a read-out of every attribute from the padding states (AttributeHeads):
     # without it, pair additivity was had by dropping shape from the padding.
-    padding_readout: float = 0.0
+    padding_readout: float = 4.0
 
 
 @dataclass
@@ -109,9 +111,10 @@ class UnetConfig:
     # prediction learns the teacher's eps_u + (teacher_guidance / target_guidance)
     # (eps_c - eps_u) on clean captions (the empty caption keeps the teacher's eps_u), so
     # that guidance target_guidance here is guidance teacher_guidance there. Its own
-    # warmup and cosine from calibrate_lr. 0: no calibration.
+    # warmup and cosine from calibrate_lr; the student starts from the teacher's weights
+    # with a fresh optimizer. 0: no calibration.
     calibrate_steps: int = 1500
-    teacher_guidance: float = 5.0
+    teacher_guidance: float = 3.5
     target_guidance: float = 7.5
     calibrate_lr: float = 2e-4
     # The teacher (and the student's start) may be a "model soup": the tuned EMA weights with

@@ -299,9 +299,10 @@ def train_unet(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
             if step >= tuned:
                 if teacher is None:
                     teacher = load_teacher(workdir, ema, cfg.phase1_share)
-                    if step == tuned and cfg.phase1_share > 0:  # the student starts there too
+                    if step == tuned:  # the student starts from the teacher, optimizer afresh
                         unet.load_state_dict(teacher.state_dict())
                         ema.load_state_dict(teacher.state_dict())
+                        opt.state.clear()
                 batch = calibrated_batch(teacher, batch, pool.empty,
                                          cfg.teacher_guidance / cfg.target_guidance,
                                          batch.said_wrong)
