@@ -142,7 +142,7 @@ def test_card_describes_the_training_options_a_run_used(tmp_path):
     used.mkdir()
     (used / "config.json").write_text(json.dumps(config.to_dict()))
     without, with_both = render_card(FOLDER, plain), render_card(FOLDER, used)
-    assert "pair-additivity" not in without and "end-token states swapped" not in without
+    assert "a pair-additivity loss" not in without and "end-token states swapped" not in without
     assert "read-out of every attribute from the mean" not in without
     assert "Plus 3x a read-out of every attribute from the mean of the padding" in with_both
     assert "Plus 2.5x a pair-additivity loss: 24 captions of each batch" in with_both
