@@ -206,7 +206,9 @@ def test_calibration_batches_use_noisy_captions_at_a_flat_share():
 
 def test_guidance_calibration_learns_from_the_previous_phase(trained, tmp_path):
     """Entering the calibration, the EMA of the phase before is saved as the frozen teacher
-    (a run resumed there finds the same one); without a tune, no noisy captions."""
+    (a run resumed there finds the same one) and the student starts from it (at learning
+    rate 0 it stays there, where the raw phase-1 weights would pull its EMA away); without
+    a tune, no noisy captions."""
     _, work, _ = trained
     for stage in ("vae", "clip"):
         (tmp_path / stage).symlink_to(work / stage)
@@ -217,10 +219,12 @@ def test_guidance_calibration_learns_from_the_previous_phase(trained, tmp_path):
     ema = {k[4:]: v for k, v in load_file(str(unet_dir / "ckpt" / "weights.safetensors")).items()
            if k.startswith("ema.")}
     shutil.rmtree(unet_dir / "final")  # as if stopped at the end of phase 1
-    config.unet = dataclasses.replace(config.unet, calibrate_steps=3)
+    config.unet = dataclasses.replace(config.unet, calibrate_steps=3, calibrate_lr=0.0)
     _unet_stage(config, tmp_path, resume=True)
     teacher = load_file(str(unet_dir / "teacher.safetensors"))
     assert teacher.keys() == ema.keys() and all(torch.equal(teacher[k], ema[k]) for k in ema)
+    student = load_file(str(unet_dir / "final" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.allclose(student[k], teacher[k], atol=1e-6) for k in teacher)
     assert not (unet_dir / "text_cache_noisy.safetensors").exists()
     assert [r["step"] for r in LossLog(unet_dir / "log.jsonl").read()] == list(range(8))
 
