@@ -396,10 +396,10 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         "overshoots at 7.5. The calibration phase distils it into one whose guidance 7.5 is "
         "the tuned model's 3.5: all five 72.5% at 7.5, 66.5% at 5, 48.5% at 3. Calibrated "
         "to the tuned model's 5 instead (the previous model's choice: its tune was best at "
-        "5), this model was best at 5 (all five 76.5%; 73.5% at 7.5), and at 7.5 and 20 "
-        "steps drew \"a red circle on a white background\" purple for 2 of 3 seeds and the "
-        "demo's orange star as a red square. sdlab's demo, notebook and README use the "
-        "default, 7.5.",
+        "5), this model was best at 5 (all five 76.5%; 73.5% at 7.5), and at 7.5 the demo "
+        "(30 steps) drew \"a red circle on a white background\" purple, the orange star "
+        "yellow and the held-out red star on blue as a red square on black. sdlab's demo, "
+        "notebook and README use the default, 7.5.",
         "- **Why the guidance tune.** The world's captions pin an image down exactly, so a "
         "UNet trained on clean captions is far more certain with the caption than without "
         "even at mid noise (x0 error at t=500: 0.04 vs 0.075, latents of variance 1) and "
