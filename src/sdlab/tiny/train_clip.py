@@ -189,6 +189,12 @@ def clip_batch(rng: np.random.Generator, n: int, filler_prob: float = 0.0,
     return batch
 
 
+def end_position(ids: torch.Tensor) -> torch.Tensor:
+    """Index of each caption's first end token, shape (batch, 1): the states before it are
+    the words, the ones after it the padding."""
+    return (ids == EOS).int().argmax(dim=1, keepdim=True)
+
+
 def _labels(batch: ClipBatch, key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Each scene's value of `key` as a class index, and the same with -100 (ignored) where
     the caption does not name it."""
@@ -223,8 +229,8 @@ class AttributeHeads(torch.nn.Module):
                      batch: ClipBatch) -> torch.Tensor:
         """Cross-entropy of the padding read-outs (attributes the caption does not name are
         not asked for)."""
-        end = (ids == EOS).int().argmax(dim=1, keepdim=True)
-        after = (torch.arange(ids.shape[1]).unsqueeze(0) > end).float().unsqueeze(-1)
+        after = (torch.arange(ids.shape[1]).unsqueeze(0) > end_position(ids)).float()
+        after = after.unsqueeze(-1)
         padding = (states * after).sum(1) / after.sum(1).clamp(min=1)
         total = 0.0
         for key in world.ATTRIBUTE_VALUES:
@@ -265,7 +271,7 @@ def word_invariance_loss(model: CLIPModel, ids: torch.Tensor, states: torch.Tens
     (every word but the swapped one; not the end token, which sums up the caption and must
     change; the padding after it only with `padding`)."""
     twin_states = model.text_model(input_ids=twin_ids).last_hidden_state
-    end = (ids == EOS).int().argmax(dim=1, keepdim=True)  # the first end token
+    end = end_position(ids)
     pos = torch.arange(ids.shape[1]).unsqueeze(0)
     shared = (ids == twin_ids) & ((pos < end) | ((pos > end) & padding))
     return ((states - twin_states) ** 2).mean(dim=-1)[shared].mean()
