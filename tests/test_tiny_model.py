@@ -132,12 +132,14 @@ def test_card_describes_the_training_options_a_run_used(tmp_path):
 
     config = TinyConfig()
     config.clip = dataclasses.replace(config.clip, pair_additivity=0.0, padding_readout=0.0)
+    config.vae = dataclasses.replace(config.vae, palette_margin=0.0)
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "config.json").write_text(json.dumps(config.to_dict()))
     config.clip = dataclasses.replace(config.clip, pair_additivity=2.5, additivity_captions=24,
                                       padding_readout=3.0)
     config.unet = dataclasses.replace(config.unet, end_swap=0.75)
+    config.vae = dataclasses.replace(config.vae, palette_margin=0.2, palette_gap=1.5)
     used = tmp_path / "used"
     used.mkdir()
     (used / "config.json").write_text(json.dumps(config.to_dict()))
@@ -147,3 +149,24 @@ def test_card_describes_the_training_options_a_run_used(tmp_path):
     assert "Plus 3x a read-out of every attribute from the mean of the padding" in with_both
     assert "Plus 2.5x a pair-additivity loss: 24 captions of each batch" in with_both
     assert "in every phase 75% of the captions' end-token states swapped" in with_both
+    assert "palette-margin loss" not in without
+    assert "Plus 0.2x a palette-margin loss" in with_both
+    assert "a hinge at 1.5 latent std" in with_both
+
+
+def test_card_gives_each_stage_s_minutes_and_the_end_to_end_time(tmp_path):
+    """Stage minutes come from the loss logs (a resumed stage's restarted clock summed), and
+    the end-to-end time takes the slower stage of each side-by-side pair."""
+    from sdlab.tiny.card import STAGES, render_card
+    from sdlab.tiny.common import LossLog
+
+    runs = {"vae": [[0, 600]], "clip": [[0, 900]], "unet": [[0, 1200], [0, 1800]],
+            "vae_decoder": [[0, 600]]}
+    for stage, sittings in runs.items():
+        losses = LossLog(tmp_path / stage / "log.jsonl")
+        for times in sittings:
+            for step, t in enumerate(times):
+                losses.write(step, time=t, loss=1.0)
+    card = render_card(FOLDER, tmp_path)
+    assert f"| {STAGES['unet']} | 50.0 |" in card and f"| {STAGES['clip']} | 15.0 |" in card
+    assert "End to end, two stages side by side: about 65 minutes." in card

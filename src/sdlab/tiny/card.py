@@ -57,6 +57,13 @@ def stage_minutes_of(stage_dir: Path) -> float:
     return (total + last) / 60.0
 
 
+def end_to_end_minutes(minutes: dict[str, float]) -> float:
+    """Wall minutes of a run whose stages go in side-by-side pairs (VAE | CLIP, then
+    UNet | decoder): each pair takes as long as its slower stage."""
+    return (max(minutes.get("vae", 0.0), minutes.get("clip", 0.0))
+            + max(minutes.get("unet", 0.0), minutes.get("vae_decoder", 0.0)))
+
+
 def _training_config(workdir: Path | None) -> TinyConfig:
     """The config a run used (its workdir's config.json), else the defaults."""
     path = Path(workdir) / "config.json" if workdir else None
@@ -217,7 +224,13 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         f"{1 + vc_.fg_weight:g}x on and around the shape (a small shape is 4-6% of the pixels; "
         "unweighted, the VAE returned small stars and crosses as blobs), AdamW with warmup "
         "and cosine decay; the posterior log-variance starts at -8 so sampling noise does "
-        "not drown detail while nothing but reconstruction pulls it down.",
+        "not drown detail while nothing but reconstruction pulls it down."
+        + (f" Plus {vc_.palette_margin:g}x a palette-margin loss: the mean latents of flat "
+           "images of the eight colours are pushed apart, a hinge at "
+           f"{vc_.palette_gap:g} latent std on every pair (without it the closest pairs, "
+           "red-orange, yellow-orange and blue-purple, were 0.37-0.6 std apart, and the "
+           "UNet drew one colour for the other; Known problems)."
+           if vc_.palette_margin > 0 else ""),
         f"2. Tiny CLIP, contrastive, beside the VAE (batch {cc_.batch_size}, {cc_.steps:,} "
         "steps): half of each batch are siblings of the other half differing in one "
         f"attribute (hard negatives); plus {cc_.attr_weight:g}x an attribute read-out loss "
@@ -303,7 +316,8 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         if minutes:
             lines += ["| stage | wall minutes |", "|---|---|"]
             lines += [f"| {STAGES[k]} | {v:.1f} |" for k, v in minutes.items()]
-            lines.append("")
+            lines += ["", f"End to end, two stages side by side: about "
+                      f"{end_to_end_minutes(minutes):.0f} minutes.", ""]
     lines += ["## Benchmark", ""]
     if bench is None:
         lines.append("Not run yet: `python -m sdlab.tiny.benchmark`.")
