@@ -149,7 +149,7 @@ def test_card_describes_the_training_options_a_run_used(tmp_path):
     assert "Plus 3x a read-out of every attribute from the mean of the padding" in with_both
     assert "Plus 2.5x a pair-additivity loss: 24 captions of each batch" in with_both
     assert "in every phase 75% of the captions' end-token states swapped" in with_both
-    assert "palette-margin loss" not in without
+    assert "x a palette-margin loss" not in without
     assert "Plus 0.2x a palette-margin loss" in with_both
     assert "a hinge at 1.5 latent std" in with_both
 
