@@ -566,8 +566,7 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         "on white red in 8 of 8 seeds (the red square black in 2 of 8), but (1) and (3) "
         "stayed: the blue guide +0.6 on the test's seed, the red star a square. "
         "With tinyG, img2img at strength 0.2 keeps the green square in 4 of 8 seeds (3 turn "
-        "it blue, 1 "
-        "round).",
+        "it blue, 1 round).",
         "- **Partial captions (not shipped).** A guidance tune in which 30% of the clean "
         "captions left out the shape's colour or the shape (\"a large triangle on blue\", "
         "\"a small red thing\"; `UnetConfig.partial_prob`), so that each is drawn from its "
