@@ -226,7 +226,7 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         "and cosine decay; the posterior log-variance starts at -8 so sampling noise does "
         "not drown detail while nothing but reconstruction pulls it down."
         + (f" Plus {vc_.palette_margin:g}x a palette-margin loss: the mean latents of flat "
-           "images of the eight colours are pushed apart, a hinge at "
+           f"images of the {len(world.COLORS)} colours are pushed apart, a hinge at "
            f"{vc_.palette_gap:g} latent std on every pair (without it the closest pairs, "
            "red-orange, yellow-orange and blue-purple, were 0.37-0.6 std apart, and the "
            "UNet drew one colour for the other; Known problems)."
