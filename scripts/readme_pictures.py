@@ -38,12 +38,25 @@ def row(paths: list[Path], out: Path, scale: int = 2) -> None:
     canvas.save(out)
 
 
+def grid(columns: list[list[Path]], out: Path, scale: int = 2) -> None:
+    """One column per list of images, top to bottom, 4 px apart."""
+    cols = [[Image.open(p).convert("RGB") for p in col] for col in columns]
+    w, h = cols[0][0].width * scale, cols[0][0].height * scale
+    rows = max(len(col) for col in cols)
+    canvas = Image.new("RGB", (len(cols) * (w + 4) - 4, rows * (h + 4) - 4), "white")
+    for x, col in enumerate(cols):
+        for y, im in enumerate(col):
+            canvas.paste(im.resize((w, h), Image.Resampling.NEAREST), (x * (w + 4), y * (h + 4)))
+    canvas.save(out)
+
+
 def main() -> None:
     DOCS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         sdlab(f"demo --out {t}/demo")
-        row(sorted((t / "demo").glob("demo-*.png")), DOCS / "demo.png")
+        prompts = sorted({p.name.split("-")[1] for p in (t / "demo").glob("demo-*.png")})
+        grid([sorted((t / "demo").glob(f"demo-{k}-*.png")) for k in prompts], DOCS / "demo.png")
         sdlab(f'generate {G} "a red circle on a white background" --out {t}/red.png --quiet')
         sdlab(f"vae roundtrip {t}/red.png --out {t}/rt.png")
         row([t / "rt.png"], DOCS / "vae-roundtrip.png")

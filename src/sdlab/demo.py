@@ -1,5 +1,5 @@
-"""`make demo`: a few images from the default model, written into a folder, each read back
-by the bundled model's judge when that model is the one used."""
+"""`make demo`: a few images of each of a few prompts from the default model, written into a
+folder, each read back by the bundled model's judge when that model is the one used."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ from sdlab.random_models import build_random_model
 # The bundled model's working guidance: SD's 7.5, its best on the benchmark (the guidance
 # calibration made it so; its model card).
 BUNDLED_GUIDANCE = 7.5
+
+# Images per prompt: one generator seeded once per prompt, as `sdlab generate --batch`. A
+# sampler gets some draws wrong; several per prompt show how often, where one would be luck.
+IMAGES_PER_PROMPT = 4
 
 # prompt -> what it asks for, in the judge's attributes
 PROMPTS: dict[str, dict[str, str]] = {
@@ -30,7 +34,8 @@ PROMPTS: dict[str, dict[str, str]] = {
 
 
 def run_demo(out: Path, model: str | None = None) -> list[tuple[Path, str]]:
-    """Generate the demo prompts; returns (path, note) per image."""
+    """Generate IMAGES_PER_PROMPT images of each demo prompt (prompt k from seed k) into
+    demo-K-J.png; returns (path, note) per image."""
     out.mkdir(parents=True, exist_ok=True)
     random_note = ""
     if model is None and (BUNDLED_DIR / "model_index.json").is_file():
@@ -42,12 +47,12 @@ def run_demo(out: Path, model: str | None = None) -> list[tuple[Path, str]]:
     extra = {"guidance": BUNDLED_GUIDANCE} if model == BUNDLED_NAME else {}
     results = []
     for k, (prompt, wanted) in enumerate(PROMPTS.items()):
-        params = GenerateParams(prompt.split(" (")[0], seed=k, **extra)
-        image = generate(parts, params).images[0]
-        path = save_png(image, out / f"demo-{k}.png", recipe(model, parts.folder,
-                                                              params.to_dict()))
-        note = random_note or _verdict(model, image, wanted)
-        results.append((path, f"{prompt}  {note}".strip()))
+        params = GenerateParams(prompt.split(" (")[0], seed=k, batch=IMAGES_PER_PROMPT, **extra)
+        for j, image in enumerate(generate(parts, params).images):
+            path = save_png(image, out / f"demo-{k}-{j}.png",
+                            recipe(model, parts.folder, params.to_dict(), index=j))
+            note = random_note or _verdict(model, image, wanted)
+            results.append((path, f"{prompt}  {note}".strip()))
     return results
 
 
