@@ -15,6 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from sdlab.demo import PROMPTS
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 SDLAB = [sys.executable, "-m", "sdlab"]
@@ -55,8 +57,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         sdlab(f"demo --out {t}/demo")
-        prompts = sorted({p.name.split("-")[1] for p in (t / "demo").glob("demo-*.png")})
-        grid([sorted((t / "demo").glob(f"demo-{k}-*.png")) for k in prompts], DOCS / "demo.png")
+        grid([sorted((t / "demo").glob(f"demo-{k}-*.png")) for k in range(len(PROMPTS))],
+             DOCS / "demo.png")
         sdlab(f'generate {G} "a red circle on a white background" --out {t}/red.png --quiet')
         sdlab(f"vae roundtrip {t}/red.png --out {t}/rt.png")
         row([t / "rt.png"], DOCS / "vae-roundtrip.png")
