@@ -1,0 +1,134 @@
+"""Generate (the view the page opens on) and Steps (a scrubber over the last run)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+import torch
+
+from sdlab.web import service
+from sdlab.web.context import Context, shown
+from sdlab.web.panel import Panel, RunView, build_panel, picture, stream_panel
+from sdlab.web.plots import curves
+
+DECODER_CHOICES = [("linear preview (cheap)", "approx"), ("full VAE decode", "full")]
+
+
+def settings_row(ctx: Context, prefix: str, steps: int = 30) -> list[gr.components.Component]:
+    """steps, guidance, seed, scheduler: the settings every run view has."""
+    with gr.Row():
+        return [
+            gr.Slider(1, 150, value=steps, step=1, label="Steps", elem_id=f"{prefix}-steps"),
+            gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance", elem_id=f"{prefix}-guidance"),
+            gr.Number(value=32, precision=0, label="Seed", elem_id=f"{prefix}-seed"),
+            gr.Dropdown(list(service.SCHEDULERS), value="lms", label="Scheduler",
+                        elem_id=f"{prefix}-scheduler"),
+        ]
+
+
+def generate_tab(ctx: Context, steps_state: gr.State) -> Panel:
+    native = ctx.parts.native_size
+    factor = ctx.parts.vae_scale_factor
+    prompt = gr.Textbox(label="Prompt", value="a red circle on a white background", lines=2,
+                        elem_id="gen-prompt")
+    negative = gr.Textbox(label="Negative prompt", elem_id="gen-negative")
+    settings = settings_row(ctx, "gen")
+    with gr.Row():
+        width = gr.Number(value=native, precision=0, step=factor, label="Width",
+                          elem_id="gen-width")
+        height = gr.Number(value=native, precision=0, step=factor, label="Height",
+                           elem_id="gen-height")
+        batch = gr.Slider(1, 4, value=1, step=1, label="Batch", elem_id="gen-batch")
+    with gr.Row():
+        run = gr.Button("Generate", variant="primary", elem_id="gen-run")
+        stop = gr.Button("Stop", variant="stop", elem_id="gen-stop")
+    panel = build_panel("gen")
+
+    @shown
+    def on_generate(prompt: str, negative: str, steps: int, guidance: float, seed: int,
+                    scheduler: str, width: int, height: int, batch: int,
+                    request: gr.Request) -> Iterator[dict[Any, Any]]:
+        params = service.make_params(
+            prompt=prompt, negative=negative, steps=int(steps), guidance=float(guidance),
+            seed=int(seed), scheduler=scheduler, width=int(width), height=int(height),
+            batch=int(batch))
+        yield from stream_panel(ctx, request.session_hash, params, panel, steps_state)
+
+    run.click(on_generate, [prompt, negative, *settings, width, height, batch],
+              [*panel.outputs(), steps_state], show_progress="hidden",
+              concurrency_limit=None, api_name="generate")
+    stop_button(ctx, stop)
+    return panel
+
+
+def stop_button(ctx: Context, stop: gr.Button) -> None:
+    """Stop ends the session's run at its next step (the result so far is shown)."""
+
+    def on_stop(request: gr.Request) -> None:
+        ctx.stop_event(request.session_hash).set()
+
+    stop.click(on_stop, None, None, queue=False, api_name=False)
+
+
+def steps_tab(ctx: Context, steps_state: gr.State) -> None:
+    gr.Markdown("Every step of the last run: the noisy latents beside the predicted x0, the "
+                "noise level, and how far the prompt pulls the noise prediction.")
+    with gr.Row():
+        step = gr.Slider(0, 1, value=0, step=1, label="Step i", elem_id="steps-slider")
+        decoder = gr.Radio(DECODER_CHOICES, value="approx", label="Decode with",
+                           elem_id="steps-decoder")
+    with gr.Row():
+        frame = picture("latents | predicted x0", "steps-frame")
+        plot = picture("sigma (and loss) per step", "steps-curves")
+    facts = gr.Markdown("Run something first (Generate, img2img or Guidance).",
+                        elem_id="steps-facts")
+    with gr.Row():
+        video = gr.File(label="Progression video (.mp4)", elem_id="steps-video")
+        trace = gr.File(label="Trace: every step (.safetensors)", elem_id="steps-trace")
+
+    @shown
+    def on_run(view: RunView | None) -> dict[Any, Any]:
+        if not view or not view.records:
+            return {step: gr.Slider(0, 1, value=0)}
+        last = len(view.records) - 1
+        return {step: gr.Slider(0, last, value=last, step=1),
+                video: str(view.video) if view.video else None,
+                trace: str(view.trace) if view.trace else None}
+
+    @shown
+    def on_step(view: RunView | None, k: int, decoder: str) -> tuple[Any, Any, str]:
+        if not view or not view.records:
+            return None, None, "Run something first (Generate, img2img or Guidance)."
+        k = max(0, min(int(k), len(view.records) - 1))
+        record = view.records[k]
+        if decoder == "full":
+            with ctx.gate.turn():
+                image = service.frame(ctx.parts, record, decoder)
+        else:
+            image = service.frame(ctx.parts, record, decoder)
+        steps = [r.i for r in view.records]
+        sigmas = [float(r.sigma) for r in view.records]
+        return image, curves(steps, sigmas, view.losses, record.i), step_facts(record, view)
+
+    steps_state.change(on_run, steps_state, [step, video, trace], api_name=False)
+    for event in (step.change, decoder.change):
+        event(on_step, [steps_state, step, decoder], [frame, plot, facts],
+              concurrency_limit=None, api_name=False, show_progress="hidden")
+
+
+def step_facts(record: service.StepRecord, view: RunView) -> str:
+    """sigma, t, the size of eps_cond - eps_uncond and any guide's loss at this step."""
+    lines = [f"**step {record.i}** · sigma **{float(record.sigma):.4f}** · "
+             f"t **{float(record.t):.1f}**"]
+    if record.eps_uncond is None:
+        lines.append("guidance 1: no unconditional pass, so no guidance direction")
+    else:
+        size = float(torch.sqrt(((record.eps_cond - record.eps_uncond) ** 2).mean()))
+        lines.append(f"|eps_cond − eps_uncond| (RMS) **{size:.4f}**")
+    for name, points in view.losses.items():
+        at = [loss for i, loss in points if i == record.i]
+        if at:
+            lines.append(f"loss {name}: **{at[0]:.4f}**")
+    return "  \n".join(lines)
