@@ -85,7 +85,7 @@ code("""
 
     warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm, in Jupyter
 
-    from sdlab.latents import side_by_side
+    from sdlab.vae import side_by_side
     from sdlab.models import BUNDLED_DIR, BUNDLED_NAME, load
 
     WORK = Path(tempfile.mkdtemp(prefix="sdlab-deep-dive-"))  # plots and video go here
@@ -176,7 +176,7 @@ md("""
 """)
 
 code("""
-    from sdlab.latents import decode, to_pil
+    from sdlab.vae import decode, to_pil
     from sdlab.sampler import initial_noise
     from sdlab.schedule import make_scheduler
     from sdlab.text import encode, tokenize
@@ -255,8 +255,8 @@ md("""
 """)
 
 code("""
-    from sdlab.latents import channels_picture, compression, psnr, to_tensor
-    from sdlab.latents import encode as vae_encode
+    from sdlab.vae import channels_picture, compression, psnr, to_tensor
+    from sdlab.vae import encode as vae_encode
 
 
     def draw_circle(color=(220, 40, 40), background=(245, 245, 245), size=SIZE, radius=0.3):
@@ -560,7 +560,8 @@ md("""
 """)
 
 code("""
-    from sdlab.trace import VideoFrames, decoder_for, to_trace, write_video
+    from sdlab.preview import decoder_for
+    from sdlab.trace import VideoFrames, to_trace, write_video
     from sdlab.viz import trace_plots
 
     video = VideoFrames(decoder_for(parts, "full"))  # "approx": a cheap linear preview

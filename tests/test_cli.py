@@ -3,6 +3,7 @@ and a one-line error before any work for each kind of bad input."""
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -72,8 +73,20 @@ def test_batch_writes_numbered_files_and_latents(tiny: Parts, tiny_folder: Path,
     (["--height", "60"], "multiple of the VAE factor 8"),
     (["--width", "4"], "multiple of the VAE factor 8"),
     (["--steps", "0"], "--steps must be at least 1"),
-    (["--guidance", "-1"], "--guidance must be 0 or more"),
+    (["--guidance", "-1"], "--guidance must be in 0..100"),
+    (["--guidance", "nan"], "--guidance must be a finite number"),
+    (["--guidance", "inf"], "--guidance must be a finite number"),
+    (["--guidance", "1e30"], "--guidance must be in 0..100"),
     (["--batch", "0"], "--batch must be at least 1"),
+    (["--batch", "10000"], "over the limit of 16 (set SDLAB_MAX_BATCH"),
+    (["--height", "100000", "--width", "100000"], "--height must be at most 4096"),
+    (["--height", "4096", "--width", "4096"], "pixels is over the limit"),
+    (["--steps", "100000"], "over the limit of 1000 (set SDLAB_MAX_STEPS"),
+    (["--seed", "18446744073709551616"], "--seed must be at most"),
+    (["--seed", "-1"], "--seed must be at least 0"),
+    (["--mix", "a:1e308"], "|weight| must be at most 100"),
+    (["--mix", "a:nan"], "finite weight"),
+    (["--guide", "blue:inf"], "NAME:SCALE"),
     (["--out", "picture.jpg"], "must end in .png"),
     (["--save-latents", "lat.pt"], "must end in .safetensors"),
 ])
@@ -82,12 +95,23 @@ def test_bad_input_is_one_line_before_any_work(tiny_folder: Path, tmp_path: Path
                                                args: list[str], words: str) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sdlab.cli.load", _no_loading)
-    result = run("generate", "x", "--model", str(tiny_folder), *args)
+    prompt = [] if "--mix" in args else ["x"]
+    result = run("generate", *prompt, "--model", str(tiny_folder), *args)
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ")
     assert words in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_more_steps_than_train_steps_is_one_line(tiny_folder: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SDLAB_MAX_STEPS", "5000")  # the limit raised, the model's still holds
+    monkeypatch.setattr("sdlab.cli.load", _no_loading)
+    result = run("generate", "x", "--model", str(tiny_folder), "--steps", "2000",
+                 "--scheduler", "ddim", "--out", str(tmp_path / "a.png"))
+    assert result.exit_code == 1
+    assert "more than the 1000 timesteps" in result.output
 
 
 def _no_loading(*args: object, **kwargs: object) -> None:
@@ -116,12 +140,14 @@ def test_failed_run_leaves_no_partial_file(tiny_folder: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     def broken_save(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
         Path(str(fp)).write_bytes(b"\x89PNG half")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Image.Image, "save", broken_save)
-    with pytest.raises(OSError):
-        run("generate", "x", "--model", str(tiny_folder), "--steps", "1",
-            "--out", str(tmp_path / "x.png"), "--quiet")
+    result = run("generate", "x", "--model", str(tiny_folder), "--steps", "1",
+                 "--out", str(tmp_path / "x.png"), "--quiet")
+    assert result.exit_code == 1
+    expected = f"Error: cannot write {tmp_path / 'x.png'}: No space left on device"
+    assert result.output.strip() == expected
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,7 +10,7 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 from sdlab.errors import SdlabError
-from sdlab.img2img import Img2ImgParams, img2img, strength_for
+from sdlab.img2img import Img2ImgParams, img2img, prepare_img2img, strength_for
 from sdlab.models import Parts
 from sdlab.schedule import SCHEDULERS, make_scheduler
 
@@ -45,9 +45,9 @@ def test_start_step_is_strength(tiny: Parts) -> None:
     assert strength_for(10, 50) == 0.8
     params = Img2ImgParams("x", steps=50, strength=strength_for(10, 50))
     assert params.start_step() == 10
-    result = img2img(tiny, Img2ImgParams("x", steps=5, strength=strength_for(2, 5)), photo(),
-                     keep_records=True)
-    assert [r.i for r in result.records] == [2, 3, 4]
+    run = prepare_img2img(tiny, Img2ImgParams("x", steps=5, strength=strength_for(2, 5)),
+                          photo())
+    assert [r.i for r in run.steps()] == [2, 3, 4]
 
 
 def test_bad_strength(tiny: Parts) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sdlab import latents as latent_io
+from sdlab import vae
 from sdlab.demo import BUNDLED_GUIDANCE
 from sdlab.generate import GenerateParams, generate
 from sdlab.img2img import Img2ImgParams, img2img
@@ -123,7 +123,7 @@ def test_vae_round_trip_meets_the_model_card(bundled: Parts) -> None:
     psnrs = []
     for _ in range(8):
         image = Image.fromarray(world.render(world.sample_scene(rng, "all")))
-        psnrs.append(latent_io.roundtrip(bundled, image).psnr)
+        psnrs.append(vae.roundtrip(bundled, image).psnr)
     assert np.mean(psnrs) >= 28.0
 
 

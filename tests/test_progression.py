@@ -14,11 +14,12 @@ from PIL import Image
 
 from sdlab.cli import main
 from sdlab.errors import SdlabError
-from sdlab.generate import GenerateParams, generate
-from sdlab.guidance import LossGuidance, blue_loss, color_loss, contrast_loss, parse_guide
+from sdlab.generate import GenerateParams, generate, generate_steps
+from sdlab.guidance import LossGuidance, blue_loss, color_loss, contrast_loss, loss_for
 from sdlab.models import Parts
-from sdlab.preview import fit_preview, preview_for
-from sdlab.trace import decoder_for, load_trace, read_video, save_trace, to_trace
+from sdlab.preview import decoder_for, fit_preview, preview_for
+from sdlab.recipe import parse_guide
+from sdlab.trace import load_trace, read_video, save_trace, to_trace
 
 
 def run(*args: str) -> str:
@@ -61,21 +62,21 @@ def test_trace_round_trip_and_show(tiny: Parts, tiny_folder: Path, tmp_path: Pat
 
 
 def test_trace_save_load_keeps_records(tiny: Parts, tmp_path: Path) -> None:
-    result = generate(tiny, GenerateParams("a dog", steps=3), keep_records=True)
-    save_trace(to_trace(result.records, {"note": "x"}), tmp_path / "t.safetensors")
+    records = list(generate_steps(tiny, GenerateParams("a dog", steps=3)))
+    save_trace(to_trace(records, {"note": "x"}), tmp_path / "t.safetensors")
     trace = load_trace(tmp_path / "t.safetensors")
     assert trace.meta == {"note": "x"}
-    for k, record in enumerate(result.records):
+    for k, record in enumerate(records):
         again = trace.record(k)
         assert again.i == record.i
         torch.testing.assert_close(again.x0_pred, record.x0_pred)
-        torch.testing.assert_close(again.eps_uncond, record.eps_uncond)
+        torch.testing.assert_close(again.pred_uncond, record.pred_uncond)
 
 
 def test_guidance_moves_the_latents_down_the_loss(tiny: Parts) -> None:
     """One guided step lowers the loss of the decoded x0 (what the gradient step is for)."""
     params = GenerateParams("a cat", steps=4)
-    record = generate(tiny, params, keep_records=True).records[1]
+    record = list(generate_steps(tiny, params))[1]
     decode = decoder_for(tiny, "full")
     guide = LossGuidance(blue_loss, 1.0, decode, every=1)
     moved = guide(record)
@@ -94,9 +95,10 @@ def test_guides_are_part_of_the_recipe(tiny: Parts) -> None:
 
 
 def test_guide_specs() -> None:
-    assert parse_guide("blue:200")[2] == 200.0
-    name, loss, scale = parse_guide("color:red:10")
-    assert name == "color:red" and scale == 10.0
+    assert parse_guide("blue:200").scale == 200.0
+    spec = parse_guide("color:red:10")
+    assert spec.name == "color:red" and spec.scale == 10.0
+    loss = loss_for(spec)
     red = torch.zeros(1, 3, 4, 4)
     red[:, 0] = 1
     assert float(loss(red)) == 0.0
@@ -105,9 +107,12 @@ def test_guide_specs() -> None:
     checker[..., ::2, ::2] = 1
     assert contrast_loss(checker) < contrast_loss(flat)
     for bad, words in [("blue", "NAME:SCALE"), ("sparkle:3", "unknown guide"),
-                       ("color:teal:3", "unknown colour"), ('clip:"a star":5', "CLIP model")]:
+                       ("color:teal:3", "unknown colour"), ("blue:nan", "NAME:SCALE"),
+                       ("blue:1e300", "at most"), ("color:2,0,0:1", "unknown colour")]:
         with pytest.raises(SdlabError, match=words):
             parse_guide(bad)
+    with pytest.raises(SdlabError, match="CLIP model"):
+        loss_for(parse_guide('clip:"a star":5'))
 
 
 def test_custom_callable_loss_through_the_api(tiny: Parts) -> None:
@@ -125,11 +130,11 @@ def test_fitted_preview_tracks_the_vae(tiny: Parts) -> None:
     images = [Image.new("RGB", (64, 64), c) for c in colors]
     preview = fit_preview(tiny, images)
     assert preview.weight.shape == (4, 3)
-    from sdlab import latents as latent_io
+    from sdlab import vae
 
-    latents = latent_io.encode(tiny, images, "mean")
+    latents = vae.encode(tiny, images, "mean")
     approx = preview(latents)
-    truth = (latent_io.to_tensor(images) + 1) / 2
+    truth = (vae.to_tensor(images) + 1) / 2
     baseline = (truth - truth.mean()).abs().mean()
     assert (approx - truth).abs().mean() < baseline  # better than knowing only the mean
     assert preview_for(tiny).weight.shape == (4, 3)

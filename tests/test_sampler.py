@@ -9,34 +9,36 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sdlab.generate import GenerateParams, generate
+from sdlab.generate import GenerateParams, generate, generate_steps, prepare
 from sdlab.models import Parts
-from sdlab.sampler import StepRecord, StopSampling, denoise
+from sdlab.sampler import StepRecord, StopSampling
 from sdlab.schedule import SD1_SCHEDULER_CONFIG, make_scheduler
-from sdlab.text import conditioning, tokenize
+from sdlab.text import tokenize
 
 
 def test_records_cover_every_step(tiny: Parts) -> None:
-    result = generate(tiny, GenerateParams("a cat", steps=5), keep_records=True)
-    assert [r.i for r in result.records] == list(range(5))
-    first = result.records[0]
-    assert first.latents.shape == first.eps.shape == first.x0_pred.shape == (1, 4, 8, 8)
-    assert first.eps_uncond is not None and first.eps_cond is not None
-    guided = first.eps_uncond + 7.5 * (first.eps_cond - first.eps_uncond)
-    torch.testing.assert_close(first.eps, guided)
+    params = GenerateParams("a cat", steps=5)
+    records = list(generate_steps(tiny, params))
+    assert [r.i for r in records] == list(range(5))
+    first = records[0]
+    assert first.latents.shape == first.pred.shape == first.x0_pred.shape == (1, 4, 8, 8)
+    assert first.pred_uncond is not None and first.pred_cond is not None
+    guided = first.pred_uncond + 7.5 * (first.pred_cond - first.pred_uncond)
+    torch.testing.assert_close(first.pred, guided)
     # sigmas fall and each record hands its result to the next
-    sigmas = [float(r.sigma) for r in result.records]
+    sigmas = [float(r.sigma) for r in records]
     assert sigmas == sorted(sigmas, reverse=True)
-    for a, b in zip(result.records, result.records[1:], strict=False):
+    for a, b in zip(records, records[1:], strict=False):
         assert torch.equal(a.next_latents, b.latents)
-    assert torch.equal(result.records[-1].next_latents, result.latents)
+    # generate() is the last record plus the decode
+    assert torch.equal(records[-1].next_latents, generate(tiny, params).latents)
 
 
 def test_guidance_one_skips_the_unconditional_pass(tiny: Parts) -> None:
     params = GenerateParams("a cat", steps=1, guidance=1.0)
-    record = generate(tiny, params, keep_records=True).records[0]
-    assert record.eps_uncond is None
-    assert torch.equal(record.eps, record.eps_cond)
+    record = next(generate_steps(tiny, params))
+    assert record.pred_uncond is None
+    assert torch.equal(record.pred, record.pred_cond)
 
 
 def test_lms_sigmas_are_the_deep_dive_ones() -> None:
@@ -51,13 +53,13 @@ def test_callback_can_edit_the_run(tiny: Parts) -> None:
     params = GenerateParams("a cat", steps=4)
     plain = generate(tiny, params).latents
 
-    def zero_eps_at_step_2(record: StepRecord) -> StepRecord | None:
-        return replace(record, eps=torch.zeros_like(record.eps)) if record.i == 2 else None
+    def zero_pred_at_step_2(record: StepRecord) -> StepRecord | None:
+        return replace(record, pred=torch.zeros_like(record.pred)) if record.i == 2 else None
 
-    edited = generate(tiny, params, callbacks=[zero_eps_at_step_2]).latents
+    edited = generate(tiny, params, callbacks=[zero_pred_at_step_2]).latents
     assert (edited - plain).abs().max() > 1e-3
     # the same edit through the pipeline of records is deterministic
-    again = generate(tiny, params, callbacks=[zero_eps_at_step_2]).latents
+    again = generate(tiny, params, callbacks=[zero_pred_at_step_2]).latents
     assert torch.equal(edited, again)
 
 
@@ -69,11 +71,13 @@ def test_callback_can_stop_the_run(tiny: Parts) -> None:
         if record.i == 3:
             raise StopSampling
 
-    result = generate(tiny, GenerateParams("a cat", steps=10), callbacks=[stop_at_3],
-                      keep_records=True)
+    params = GenerateParams("a cat", steps=10)
+    records = list(generate_steps(tiny, params, callbacks=[stop_at_3]))
     assert seen == [0, 1, 2, 3]
-    assert [r.i for r in result.records] == [0, 1, 2]
-    assert torch.equal(result.latents, result.records[-1].next_latents)
+    assert [r.i for r in records] == [0, 1, 2]  # the step that raised is not taken
+    seen.clear()
+    result = generate(tiny, params, callbacks=[stop_at_3])
+    assert torch.equal(result.latents, records[-1].next_latents)
 
 
 class Hooks:
@@ -102,11 +106,7 @@ def test_x0_pred_matches_the_schedulers_own(request: pytest.FixtureRequest, sche
                                             model: str) -> None:
     """Schedulers that report `pred_original_sample` agree with the record's x0_pred."""
     parts: Parts = request.getfixturevalue(model)
-    sched = make_scheduler(scheduler, parts.scheduler_config)
-    sched.set_timesteps(5)
-    generator = torch.Generator().manual_seed(0)
-    latents = torch.randn(1, 4, 8, 8, generator=generator) * sched.init_noise_sigma
-    cond = conditioning(parts, "a dog", "", 1, 7.5)
+    run = prepare(parts, GenerateParams("a dog", steps=5, scheduler=scheduler, seed=0))
     checked = 0
 
     def compare(record: StepRecord) -> None:
@@ -116,15 +116,14 @@ def test_x0_pred_matches_the_schedulers_own(request: pytest.FixtureRequest, sche
         if hasattr(probe, "_step_index"):
             probe._step_index = record.i  # a fresh copy, placed at this step
         kwargs = {"generator": torch.Generator()} if scheduler == "euler-a" else {}
-        out = probe.step(record.eps, record.t, record.latents, **kwargs)
+        out = probe.step(record.pred, record.t, record.latents, **kwargs)
         if scheduler == "heun" and record.i % 2 == 0 and record.i > 0:
             return  # Heun's second evaluation reports the first's x0
         torch.testing.assert_close(record.x0_pred, out.pred_original_sample, rtol=1e-4,
                                    atol=1e-4)
         checked += 1
 
-    for _ in denoise(parts.unet, sched, latents, cond, 7.5, prediction_type=parts.prediction_type,
-                     callbacks=[compare]):
+    for _ in run.steps([compare]):
         pass
     assert checked >= 3
 

@@ -15,16 +15,16 @@ from safetensors.torch import save_file
 from sdlab.errors import SdlabError
 from sdlab.generate import GenerateParams, generate
 from sdlab.models import Parts
+from sdlab.recipe import parse, parse_swap
 from sdlab.surgery import (
-    TextEdits,
     conditioning,
     edited_embeddings,
     interpolation_mixes,
     load_embedding,
     prompt_states,
-    resolve_swaps,
+    prompt_tokens,
+    resolve_swap,
 )
-from sdlab.text import conditioning as plain_conditioning
 from sdlab.text import encode, token_embedding_table
 
 ATOL = 1e-5
@@ -32,7 +32,10 @@ ATOL = 1e-5
 
 def cond(parts: Parts, prompt: str, guidance: float = 1.0, negative: str = "",
          **edits: tuple[str, ...]) -> torch.Tensor:
-    return conditioning(parts, prompt, negative, 1, guidance, TextEdits(**edits))
+    """The run's encoder states, [uncond, cond] with guidance."""
+    text = conditioning(parts, parse(GenerateParams(prompt, negative=negative,
+                                                    guidance=guidance, **edits)))
+    return text.cond if text.uncond is None else torch.cat([text.uncond, text.cond])
 
 
 def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -44,16 +47,18 @@ def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 def test_swap_edits_the_input_at_that_position_only(tiny: Parts) -> None:
-    swaps = resolve_swaps(tiny, TextEdits(swap=("puppy=skunk",)))
-    assert (swaps[0].old_id, swaps[0].new_id) == (6829, 42194)  # the deep dive's ids
-    ids, plain = edited_embeddings(tiny, "A picture of a puppy", [], [])
-    _, edited = edited_embeddings(tiny, "A picture of a puppy", swaps, [])
+    swaps = [resolve_swap(tiny, parse_swap("puppy=skunk"))]
+    assert swaps == [(6829, 42194)]  # the deep dive's ids
+    tokens = prompt_tokens(tiny, "A picture of a puppy")
+    plain, was_edited = edited_embeddings(tiny, tokens, [], [])
+    edited, now_edited = edited_embeddings(tiny, tokens, swaps, [])
+    assert (was_edited, now_edited) == (False, True)
     changed = (edited != plain).any(dim=-1).nonzero().flatten().tolist()
     assert changed == [5]
     assert torch.equal(edited[5], token_embedding_table(tiny)[42194])
     # the encoder is causal: states before the swapped token are untouched, from it on not
-    before = prompt_states(tiny, "A picture of a puppy")
-    after = prompt_states(tiny, "A picture of a puppy", swaps)
+    before = prompt_states(tiny, tokens)
+    after = prompt_states(tiny, tokens, swaps)
     assert torch.equal(before[0, :5], after[0, :5])
     assert not torch.allclose(before[0, 5], after[0, 5])
 
@@ -118,7 +123,7 @@ def test_learned_embedding_under_another_token_and_in_the_negative(tiny: Parts,
     edits = {"embedding": (str(file),), "token": ("<x>",)}
     states = cond(tiny, "a <X>", 7.5, "<x> and a dog", **edits)  # any case, like the words
     assert_close(states, encode(tiny, ["skunk and a dog", "a skunk"]))
-    with pytest.raises(SdlabError, match="'<x>'.*is not in the prompt"):
+    with pytest.raises(SdlabError, match="'<x>'.*is not a word of the prompt"):
         cond(tiny, "a dog", **edits)
 
 
@@ -214,7 +219,10 @@ def test_learned_vectors_cut_by_truncation_keep_the_end_token(tiny: Parts,
     file = write_formats(tmp_path, torch.randn(4, 32))["safetensors"]
     for words in (73, 80):  # the run is cut in two / falls past the end entirely
         prompt = "word " * words + "<cat-toy>"
-        ids, embeds = edited_embeddings(tiny, prompt, [], [load_embedding(file)])
+        learned = [load_embedding(file)]
+        tokens = prompt_tokens(tiny, prompt, learned)
+        embeds, _ = edited_embeddings(tiny, tokens, [], learned)
+        ids = tokens.tokens.ids
         assert ids.shape == (77,) and ids[-1] == 49407  # <|endoftext|> still closes it
         assert torch.equal(embeds[-1], token_embedding_table(tiny)[49407])
 
@@ -222,5 +230,66 @@ def test_learned_vectors_cut_by_truncation_keep_the_end_token(tiny: Parts,
 def test_no_edits_is_the_plain_text_encoder_exactly(tiny: Parts) -> None:
     # plain runs must keep their bit-for-bit parity with diffusers' pipeline
     for guidance in (1.0, 7.5):
-        assert torch.equal(conditioning(tiny, "a dog", "blurry", 2, guidance),
-                           plain_conditioning(tiny, "a dog", "blurry", 2, guidance))
+        text = conditioning(tiny, parse(GenerateParams("a dog", negative="blurry", batch=2,
+                                                       guidance=guidance)))
+        assert torch.equal(text.cond, encode(tiny, ["a dog"]).repeat(2, 1, 1))
+        if guidance == 1.0:
+            assert text.uncond is None
+        else:
+            assert torch.equal(text.uncond, encode(tiny, ["blurry"]).repeat(2, 1, 1))
+
+
+def test_a_run_tokenizes_each_prompt_once_and_warns_once(tiny: Parts,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture
+                                                         ) -> None:
+    calls: list[str] = []
+    tokenizer_call = type(tiny.tokenizer).__call__
+
+    def counting(self: object, text: str, *args: object, **kwargs: object) -> object:
+        calls.append(text)
+        return tokenizer_call(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny.tokenizer), "__call__", counting)
+    long = "a red circle " * 30 + "and a purple elephant"
+    with caplog.at_level("WARNING"):
+        generate(tiny, GenerateParams(long, negative="blurry", steps=2,
+                                      guide=("blue:1",), guide_decoder="approx"))
+    assert sorted(calls) == sorted([long, "blurry"])
+    assert caplog.text.count("purple elephant") == 1
+
+
+# --- learned tokens: whole words, new words, one file each ---------------------------------
+
+
+def test_learned_token_matches_whole_words_only(tiny: Parts, tmp_path: Path) -> None:
+    file = tmp_path / "x.safetensors"
+    save_file({"<x>": word_vectors(tiny, "skunk").contiguous()}, str(file))
+    edits = {"embedding": (str(file),), "token": ("zork",)}
+    assert_close(cond(tiny, "a zork", **edits), encode(tiny, ["a skunk"]))
+    with pytest.raises(SdlabError, match="'zork' .* is not a word of the prompt"):
+        cond(tiny, "a zorkish cat", **edits)  # inside another word: not the learned token
+
+
+@pytest.mark.parametrize(("tokens", "says"), [
+    (("red",), "already a word of the vocabulary"),
+    (("<a>", "<A>"), "two embeddings use the token"),
+    ((" ",), "must be one word"),
+    (("my word",), "must be one word"),
+])
+def test_bad_learned_tokens_are_refused(tiny: Parts, tmp_path: Path, tokens: tuple[str, ...],
+                                        says: str) -> None:
+    files = []
+    for k in range(len(tokens)):
+        files.append(str(tmp_path / f"e{k}.safetensors"))
+        save_file({"<e>": torch.zeros(1, 32)}, files[-1])
+    with pytest.raises(SdlabError, match=says) as err:
+        cond(tiny, f"a {tokens[0]}", embedding=tuple(files), token=tokens)
+    assert "\n" not in str(err.value)
+
+
+def test_nan_embedding_is_refused(tiny: Parts, tmp_path: Path) -> None:
+    file = tmp_path / "nan.safetensors"
+    save_file({"<n>": torch.full((1, 32), float("nan"))}, str(file))
+    with pytest.raises(SdlabError, match="NaN or infinite"):
+        cond(tiny, "a <n>", embedding=(str(file),))

@@ -71,15 +71,15 @@ def test_preview_map_predicts_colours():
     import torch.nn.functional as F
     from PIL import Image
 
-    from sdlab import latents as latent_io
+    from sdlab import vae
     from sdlab.models import load
     from sdlab.preview import preview_for
     from sdlab.tiny.common import random_images
 
     parts = load(FOLDER)
     images = [Image.fromarray(a) for a in random_images(np.random.default_rng(99), 32, "all")]
-    target = F.avg_pool2d((latent_io.to_tensor(images) + 1) / 2, 8)  # (N, 3, 8, 8)
-    rgb = F.avg_pool2d(preview_for(parts)(latent_io.encode(parts, images, "mean")), 8)
+    target = F.avg_pool2d((vae.to_tensor(images) + 1) / 2, 8)  # (N, 3, 8, 8)
+    rgb = F.avg_pool2d(preview_for(parts)(vae.encode(parts, images, "mean")), 8)
     fitted = (rgb - target).abs().mean()
     constant = (target.mean(dim=(0, 2, 3), keepdim=True) - target).abs().mean()
     assert fitted < 0.75 * constant, (fitted, constant)
@@ -91,8 +91,8 @@ def test_clip_guide_sees_images_as_the_clip_was_trained():
     so the guide does not apply OpenAI CLIP's pixel statistics to this CLIP."""
     from sdlab.clip_guidance import clip_for
     from sdlab.models import load
+    from sdlab.models import load_split_clip as load_clip
     from sdlab.tiny.common import images_to_tensor
-    from sdlab.tiny.export import load_clip
 
     images = (np.random.default_rng(0).random((2, 64, 64, 3)) * 255).astype(np.uint8)
     scorer = clip_for(load(str(FOLDER)))

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
+from sdlab.models import load_split_clip as load_clip
 from sdlab.tiny.cli import train_tiny
 from sdlab.tiny.common import LossLog, TinyConfig
-from sdlab.tiny.export import load_clip
 from sdlab.tiny.train import _unet_stage
 
 STAGES = ("vae", "clip", "unet")

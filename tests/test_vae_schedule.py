@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
-from sdlab import latents as latent_io
+from sdlab import vae
 from sdlab.cli import main
 from sdlab.models import Parts
 from sdlab.schedule import SD1_SCHEDULER_CONFIG, make_scheduler, noise_to_step, schedule_table
@@ -25,26 +25,26 @@ def circle(size: int = 64) -> Image.Image:
 
 
 def test_encode_modes_and_shapes(tiny: Parts) -> None:
-    mean = latent_io.encode(tiny, [circle()], "mean")
+    mean = vae.encode(tiny, [circle()], "mean")
     assert mean.shape == (1, 4, 8, 8)
-    torch.testing.assert_close(mean, latent_io.encode(tiny, [circle()], "mode"))
-    a = latent_io.encode(tiny, [circle()], "sample", torch.Generator().manual_seed(1))
-    b = latent_io.encode(tiny, [circle()], "sample", torch.Generator().manual_seed(1))
+    torch.testing.assert_close(mean, vae.encode(tiny, [circle()], "mode"))
+    a = vae.encode(tiny, [circle()], "sample", torch.Generator().manual_seed(1))
+    b = vae.encode(tiny, [circle()], "sample", torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(a, mean)
 
 
 def test_roundtrip_reports_psnr_and_48x(tiny: Parts) -> None:
-    result = latent_io.roundtrip(tiny, circle())
+    result = vae.roundtrip(tiny, circle())
     assert result.compression == 48.0  # 64*64*3 / (8*8*4), SD's 512²·3 / 64²·4 alike
-    decoded = latent_io.to_tensor([result.reconstruction])
-    original = latent_io.to_tensor([circle()])
-    expected = latent_io.psnr((original + 1) / 2, (decoded + 1) / 2)
+    decoded = vae.to_tensor([result.reconstruction])
+    original = vae.to_tensor([circle()])
+    expected = vae.psnr((original + 1) / 2, (decoded + 1) / 2)
     assert result.psnr == pytest.approx(expected, abs=0.05)  # the PNG rounding only
 
 
 def test_psnr_of_known_error() -> None:
     a = torch.zeros(1, 3, 4, 4)
-    assert latent_io.psnr(a, a + 0.1) == pytest.approx(20.0)
+    assert vae.psnr(a, a + 0.1) == pytest.approx(20.0)
 
 
 def test_schedule_table_is_the_deep_dives() -> None:

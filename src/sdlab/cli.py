@@ -4,25 +4,33 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from tqdm.auto import tqdm
 
 import sdlab
 from sdlab.cli_common import guard as _guard
+from sdlab.cli_common import quiet_libraries
 from sdlab.cli_image import noise_cmd, schedule_cmd, vae_group
-from sdlab.cli_run import Progression, run_options, trace_group
+from sdlab.cli_run import run_options, trace_group
 from sdlab.cli_text import COMMANDS as TEXT_COMMANDS
 from sdlab.cli_text import text_settings
 from sdlab.errors import SdlabError
-from sdlab.generate import GenerateParams, check_params, generate
-from sdlab.img2img import Img2ImgParams, check_img2img, img2img, strength_for
-from sdlab.latents import load_image
-from sdlab.models import default_model, folder_scale_factor, load, resolve
-from sdlab.outputs import check_writable, numbered, read_png_meta, recipe, save_png
-from sdlab.outputs import save_latents as write_latents
+from sdlab.models import default_model, load, resolve
+from sdlab.outputs import read_png_meta
+from sdlab.recipe import (
+    GenerateParams,
+    Img2ImgParams,
+    defaults,
+    params_from_dict,
+    parse,
+    strength_for,
+)
+from sdlab.run import Outputs, check_for_model, check_outputs, execute
 from sdlab.sampler import StepRecord
 from sdlab.tiny.cli import train_tiny
 
@@ -52,6 +60,7 @@ class Progress:
 def main() -> None:
     """Stable Diffusion, opened up: run SD from its parts and look at every stage."""
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    quiet_libraries()
 
 
 @main.command("generate")
@@ -59,27 +68,25 @@ def main() -> None:
 @click.option("--height", type=int, help="Pixels (default: the model's native size).")
 @click.option("--width", type=int, help="Pixels (default: the model's native size).")
 @click.option("--from", "from_png", type=click.Path(exists=True, dir_okay=False),
-              help="Re-run the recipe stored in a PNG written by sdlab.")
+              help="Re-run the recipe stored in a PNG written by sdlab; options given too "
+                   "replace the recipe's (e.g. --from a.png --seed 5).")
 @run_options
 @_guard
 def generate_cmd(prompt: str | None, from_png: str | None, **options: Any) -> None:
     """Text to image through the open loop."""
-    run_settings = {k: options.pop(k) for k in RUN_OUTPUTS}
+    outputs = {k: options.pop(k) for k in RUN_OUTPUTS}
     if from_png:
-        stored = read_png_meta(from_png)
-        _execute(_params_from(stored, from_png), stored=stored, **{
-            **run_settings, "model": run_settings["model"] or stored["model"],
-            "out": run_settings["out"] or str(Path(from_png).with_name(
-                Path(from_png).stem + "-rerun.png"))})
+        _rerun(from_png, prompt, options, outputs)
         return
-    _execute(GenerateParams(**text_settings(prompt, options)), **run_settings)
+    _execute(GenerateParams(**text_settings(prompt, options)), **outputs)
 
 
 @main.command("img2img")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.argument("prompt", required=False)
 @click.option("--strength", type=float, default=None,
-              help="How much of the schedule to run, 0..1 (diffusers' way) [default: 0.8].")
+              help="How much of the schedule to run, 0..1 (diffusers' way) "
+                   f"[default: {defaults(Img2ImgParams)['strength']}].")
 @click.option("--start-step", type=int, default=None,
               help="Start the loop at this step (the deep dive's way): strength "
                    "(steps - k) / steps.")
@@ -91,72 +98,75 @@ def generate_cmd(prompt: str | None, from_png: str | None, **options: Any) -> No
 def img2img_cmd(image: str, prompt: str | None, strength: float | None,
                 start_step: int | None, **options: Any) -> None:
     """Image to image: IMAGE noised to a start step, then denoised towards PROMPT."""
-    run_settings = {k: options.pop(k) for k in RUN_OUTPUTS}
+    outputs = {k: options.pop(k) for k in RUN_OUTPUTS}
     if strength is not None and start_step is not None:
         raise SdlabError("give --strength or --start-step, not both (they are one setting)")
     if start_step is not None:
         strength = strength_for(start_step, options["steps"])
+    if strength is None:
+        strength = defaults(Img2ImgParams)["strength"]
     params = Img2ImgParams(**text_settings(prompt, options), image=str(Path(image).resolve()),
-                           strength=0.8 if strength is None else strength)
-    _execute(params, **run_settings)
+                           strength=strength)
+    _execute(params, **outputs)
 
 
 RUN_OUTPUTS = ("model", "out", "save_latents", "device", "quiet", "video", "video_decoder",
                "trace")
 
 
+def _rerun(png: str, prompt: str | None, options: dict[str, Any],
+           outputs: dict[str, Any]) -> None:
+    """`--from PNG`: the stored recipe, with the options given on the command line over it."""
+    stored = read_png_meta(png)
+    if not isinstance(stored, dict):
+        raise SdlabError(f"the sdlab metadata in {png} is not a recipe")
+    params = params_from_dict(stored.get("params"), f"the recipe in {png}")
+    ctx = click.get_current_context()
+    given = {name: value for name, value in options.items()
+             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
+                                                   ParameterSource.ENVIRONMENT)}
+    if prompt is not None or "mix" in given:
+        given.update(text_settings(prompt, {"mix": given.get("mix", ())}))
+    params = replace(params, **given)
+    index = _stored_index(stored, params, png)
+    model = outputs["model"] or stored.get("model")
+    if not isinstance(model, str) or not model:
+        raise SdlabError(f"the recipe in {png} names no model: give --model")
+    out = outputs["out"] or str(Path(png).with_name(Path(png).stem + "-rerun.png"))
+    _execute(params, **{**outputs, "model": model, "out": out}, index=index,
+             stored_hash=stored.get("weights_hash"))
+
+
+def _stored_index(stored: dict[str, Any], params: GenerateParams, png: str) -> int:
+    index = stored.get("index", 0)
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < params.batch:
+        raise SdlabError(f"the recipe in {png} has image index {index!r}, outside its batch "
+                         f"of {params.batch}")
+    return index
+
+
 def _execute(params: GenerateParams, model: str | None, out: str | None,
              save_latents: str | None, device: str, quiet: bool, video: str | None,
-             video_decoder: str, trace: str | None, stored: dict[str, Any] | None = None
-             ) -> None:
-    """Check everything, load, run (text or image to image), write the outputs."""
+             video_decoder: str, trace: str | None, index: int | None = None,
+             stored_hash: str | None = None) -> None:
+    """Check everything, load, run through the run service, say what was written."""
+    recipe = parse(params)
+    outputs = check_outputs(Outputs(Path(out or "sdlab.png"), _path(save_latents),
+                                    _path(video), video_decoder, _path(trace), index))
     model = model or default_model()
-    check_params(params)
-    if isinstance(params, Img2ImgParams):
-        check_img2img(params)
-    out_path = check_writable(out or "sdlab.png", ".png")
-    latents_path = check_writable(save_latents, ".safetensors") if save_latents else None
-    progression = Progression(video, video_decoder, trace)
     folder = resolve(model)
-    factor = _check_size(params, folder)
+    check_for_model(recipe, folder)
     parts = load(model, device=device)
-    callbacks = [Progress(not quiet), *progression.callbacks(parts)]
-    if isinstance(params, Img2ImgParams):
-        size = (params.width, params.height) if params.width and params.height else None
-        picture = load_image(params.image, size, factor)
-        result = img2img(parts, params, picture, callbacks, progression.keep_records)
-    else:
-        result = generate(parts, params, callbacks, progression.keep_records)
     model_ref = str(folder.resolve()) if Path(model).exists() else model
-    meta = recipe(model_ref, folder, result.params.to_dict())
-    if stored and meta["weights_hash"] != stored.get("weights_hash"):
+    done = execute(parts, recipe, outputs, [Progress(not quiet)], model_ref=model_ref)
+    if stored_hash is not None and done.meta["weights_hash"] != stored_hash:
         logging.getLogger("sdlab").warning("the model's weights differ from the recipe's")
-    written = [write_latents(result.latents, latents_path)] if latents_path else []
-    written += progression.write(result, meta)
-    index = stored.get("index", 0) if stored else None
-    # a rerun of one image of a batch keeps just that image
-    images = [(index, result.images[index])] if index is not None else enumerate(result.images)
-    for i, image in images:
-        path = out_path if index is not None else numbered(out_path, i, params.batch)
-        written.append(save_png(image, path, {**meta, "index": i}))
     if not quiet:
-        click.echo("\n".join(str(p) for p in written))
+        click.echo("\n".join(str(p) for p in done.written))
 
 
-def _params_from(stored: dict[str, Any], png: str) -> GenerateParams:
-    params = stored.get("params", {})
-    cls = Img2ImgParams if "image" in params else GenerateParams
-    try:
-        return cls(**params)
-    except TypeError as err:
-        raise SdlabError(f"the recipe in {png} does not fit this sdlab version: {err}") from err
-
-
-def _check_size(params: GenerateParams, folder: Path) -> int:
-    """Check height/width against the VAE factor from the config, before loading weights."""
-    factor = folder_scale_factor(folder)
-    check_params(params, factor)
-    return factor
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
 
 
 @main.command("demo")

@@ -28,3 +28,14 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 model_option = click.option(
     "--model", help="diffusers folder, cached hub id, or 'sdlab-tiny' (the default).")
+
+
+def quiet_libraries() -> None:
+    """Loading bars and advice from transformers/diffusers are noise in a CLI's output."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()

@@ -8,7 +8,7 @@ import click
 import torch
 from safetensors.torch import load_file
 
-from sdlab import latents as latent_io
+from sdlab import vae
 from sdlab.cli_common import guard, model_option
 from sdlab.errors import SdlabError
 from sdlab.models import default_model, load, read_configs, resolve
@@ -31,7 +31,7 @@ def vae_group() -> None:
 @model_option
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Latents file (.safetensors, key `latents`).")
-@click.option("--mode", type=click.Choice(latent_io.ENCODE_MODES), default="mean",
+@click.option("--mode", type=click.Choice(vae.ENCODE_MODES), default="mean",
               show_default=True, help="The posterior's mean (= mode) or a sample of it.")
 @click.option("--seed", type=int, default=0, show_default=True, help="For --mode sample.")
 @click.option("--channels", type=click.Path(dir_okay=False),
@@ -43,11 +43,11 @@ def vae_encode(image: str, model: str | None, out: str, mode: str, seed: int,
     out_path = check_writable(out, ".safetensors")
     channels_path = check_writable(channels, ".png") if channels else None
     parts = load(model or default_model())
-    picture = latent_io.load_image(image, factor=parts.vae_scale_factor)
-    latents = latent_io.encode(parts, [picture], mode, torch.Generator().manual_seed(seed))
+    picture = vae.load_image(image, factor=parts.vae_scale_factor)
+    latents = vae.encode(parts, [picture], mode, torch.Generator().manual_seed(seed))
     save_latents(latents, out_path)
     if channels_path:
-        _save_image(latent_io.channels_picture(latents), channels_path)
+        _save_image(vae.channels_picture(latents), channels_path)
     click.echo(f"{out_path}: latents {tuple(latents.shape)} from image "
                f"{(3, picture.height, picture.width)}")
 
@@ -69,7 +69,7 @@ def vae_decode(latents_file: str, model: str | None, out: str) -> None:
     if latents.ndim != 4 or latents.shape[1] != parts.unet.config.in_channels:
         raise SdlabError(f"latents of shape {tuple(latents.shape)} do not fit this model "
                          f"(expected (N, {parts.unet.config.in_channels}, h, w))")
-    image = latent_io.to_pil(latent_io.decode(parts, latents))[0]
+    image = vae.to_pil(vae.decode(parts, latents))[0]
     click.echo(_save_image(image, out_path))
 
 
@@ -83,8 +83,8 @@ def vae_roundtrip(image: str, model: str | None, out: str) -> None:
     """Encode and decode IMAGE; report PSNR and the compression factor."""
     out_path = check_writable(out, ".png")
     parts = load(model or default_model())
-    result = latent_io.roundtrip(parts, latent_io.load_image(image, factor=parts.vae_scale_factor))
-    _save_image(latent_io.side_by_side([result.original, result.reconstruction]), out_path)
+    result = vae.roundtrip(parts, vae.load_image(image, factor=parts.vae_scale_factor))
+    _save_image(vae.side_by_side([result.original, result.reconstruction]), out_path)
     click.echo(f"PSNR {result.psnr:.2f} dB, compression {result.compression:.0f}x "
                f"(image {result.image_shape} -> latents {result.latents_shape}); {out_path}")
 
@@ -135,9 +135,9 @@ def noise_cmd(image: str, model: str | None, step: int, steps: int, scheduler: s
     sched.set_timesteps(steps)
     if not 0 <= step < len(sched.timesteps):
         raise SdlabError(f"--step must be in 0..{len(sched.timesteps) - 1} (got {step})")
-    latents = latent_io.encode(parts, [latent_io.load_image(image, factor=parts.vae_scale_factor)],
+    latents = vae.encode(parts, [vae.load_image(image, factor=parts.vae_scale_factor)],
                                "mean")
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     noisy = noise_to_step(sched, latents, noise.to(latents), step)
-    _save_image(latent_io.to_pil(latent_io.decode(parts, noisy))[0], out_path)
+    _save_image(vae.to_pil(vae.decode(parts, noisy))[0], out_path)
     click.echo(f"step {step}: t={float(sched.timesteps[step]):.1f}; {out_path}")

@@ -19,13 +19,17 @@ from tqdm.auto import tqdm
 
 from sdlab.cli_common import DEVICES, model_option
 from sdlab.errors import SdlabError
-from sdlab.generate import GenerateParams, check_params, generate
-from sdlab.models import default_model, folder_scale_factor, load, load_tokenizer, resolve
+from sdlab.generate import generate
+from sdlab.models import default_model, load, load_tokenizer, resolve
 from sdlab.outputs import check_writable
+from sdlab.recipe import GenerateParams, defaults, parse, parse_mix
+from sdlab.run import check_for_model
 from sdlab.schedule import SCHEDULERS
-from sdlab.surgery import interpolation_mixes, parse_mix
+from sdlab.surgery import interpolation_mixes
 from sdlab.text import embedding_report, token_rows
 from sdlab.trace import write_video
+
+DEFAULTS = defaults()
 
 
 def text_edit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -119,13 +123,13 @@ def embed_cmd(prompt: str, model: str | None, device: str) -> None:
               show_default=True)
 @click.option("--fps", type=int, default=4, show_default=True)
 @model_option
-@click.option("--negative", default="", show_default=True)
-@click.option("--steps", type=int, default=30, show_default=True)
-@click.option("--guidance", type=float, default=7.5, show_default=True)
-@click.option("--seed", type=int, default=32, show_default=True,
+@click.option("--negative", default=DEFAULTS["negative"], show_default=True)
+@click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True)
+@click.option("--guidance", type=float, default=DEFAULTS["guidance"], show_default=True)
+@click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True,
               help="The same seed (the same initial noise) for every frame.")
-@click.option("--scheduler", type=click.Choice(list(SCHEDULERS)), default="lms",
-              show_default=True)
+@click.option("--scheduler", type=click.Choice(list(SCHEDULERS)),
+              default=DEFAULTS["scheduler"], show_default=True)
 @click.option("--height", type=int, help="Pixels (default: the model's native size).")
 @click.option("--width", type=int, help="Pixels (default: the model's native size).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
@@ -137,14 +141,14 @@ def interpolate_cmd(prompt_a: str, prompt_b: str, frames: int, out: str, fps: in
     if fps < 1:
         raise SdlabError(f"--fps must be at least 1 (got {fps})")
     base = GenerateParams(prompt="", mix=mixes[0], **settings)
-    check_params(base)
+    recipes = [parse(replace(base, mix=mix)) for mix in mixes]
     out_path = check_writable(out, ".mp4")
     model = model or default_model()
-    check_params(base, folder_scale_factor(resolve(model)))
+    check_for_model(recipes[0], resolve(model))
     parts = load(model, device=device)
-    images = [generate(parts, replace(base, mix=mix)).images[0]
-              for mix in tqdm(mixes, desc="frames", unit="frame", disable=quiet,
-                              file=sys.stderr, leave=False)]
+    images = [generate(parts, recipe).images[0]
+              for recipe in tqdm(recipes, desc="frames", unit="frame", disable=quiet,
+                                 file=sys.stderr, leave=False)]
     write_video(images, out_path, fps)
     if not quiet:
         click.echo(str(out_path))

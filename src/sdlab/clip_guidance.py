@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from transformers import CLIPModel, CLIPTokenizer
 
 from sdlab.errors import SdlabError
-from sdlab.models import Parts, resolve_clip
+from sdlab.models import Parts, load_split_clip, resolve_clip
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's pixel statistics
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -34,7 +34,7 @@ class ClipScorer:
     def text_features(self, text: str) -> torch.Tensor:
         ids = self.tokenizer([text], padding="max_length", truncation=True,
                              max_length=self.tokenizer.model_max_length,
-                             return_tensors="pt").input_ids
+                             return_tensors="pt").input_ids.to(self.model.device)
         return F.normalize(_features(self.model.get_text_features(input_ids=ids)), dim=-1)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -70,26 +70,33 @@ def _features(out: torch.Tensor | object) -> torch.Tensor:
 
 
 def clip_for(parts: Parts, clip_model: str | None = None) -> ClipScorer | None:
-    """A scorer from `clip_model` (a CLIPModel folder or cached hub id), else the model
-    folder's own `clip/`, else None."""
+    """A scorer on the parts' device from `clip_model` (a CLIPModel folder or cached hub id),
+    else the model folder's own `clip/`, else None."""
     if clip_model:
         folder = resolve_clip(clip_model)
-        model = CLIPModel.from_pretrained(folder, use_safetensors=True).eval()
-        tokenizer = CLIPTokenizer.from_pretrained(folder)
-        return _scorer(model, tokenizer, folder)
-    if (parts.folder / "clip" / "config.json").is_file():
-        from sdlab.tiny.export import load_clip
-
         try:
-            model = load_clip(parts.folder)
+            model = CLIPModel.from_pretrained(folder, use_safetensors=True)
+            tokenizer = CLIPTokenizer.from_pretrained(folder)
         except Exception as err:  # every library failure becomes one line
-            raise SdlabError(f"cannot load the CLIP in {parts.folder / 'clip'}: {err}") from err
-        return _scorer(model.eval(), parts.tokenizer, parts.folder / "clip")
+            raise SdlabError(f"cannot load the CLIP in {folder}: {_first_line(err)}") from err
+        return _scorer(model, tokenizer, folder, parts.device)
+    if (parts.folder / "clip" / "config.json").is_file():
+        try:
+            model = load_split_clip(parts.folder)
+        except Exception as err:  # every library failure becomes one line
+            raise SdlabError(f"cannot load the CLIP in {parts.folder / 'clip'}: "
+                             f"{_first_line(err)}") from err
+        return _scorer(model, parts.tokenizer, parts.folder / "clip", parts.device)
     return None
 
 
-def _scorer(model: CLIPModel, tokenizer: CLIPTokenizer, folder: Path) -> ClipScorer:
-    model.requires_grad_(False)
+def _first_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300] or type(err).__name__
+
+
+def _scorer(model: CLIPModel, tokenizer: CLIPTokenizer, folder: Path,
+            device: torch.device) -> ClipScorer:
+    model = model.to(device).eval().requires_grad_(False)
     size = int(model.config.vision_config.image_size)
     mean, std = CLIP_MEAN, CLIP_STD
     config = folder / "preprocessor_config.json"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sdlab.generate import GenerateParams, generate
 from sdlab.models import BUNDLED_DIR, BUNDLED_NAME, load
-from sdlab.outputs import recipe, save_png
+from sdlab.outputs import recipe_meta, save_png
 from sdlab.random_models import build_random_model
 
 # The bundled model's working guidance: SD's 7.5, its best on the benchmark (the guidance
@@ -50,7 +50,7 @@ def run_demo(out: Path, model: str | None = None) -> list[tuple[Path, str]]:
         params = GenerateParams(prompt.split(" (")[0], seed=k, batch=IMAGES_PER_PROMPT, **extra)
         for j, image in enumerate(generate(parts, params).images):
             path = save_png(image, out / f"demo-{k}-{j}.png",
-                            recipe(model, parts.folder, params.to_dict(), index=j))
+                            recipe_meta(model, parts.folder, params.to_dict(), index=j))
             note = random_note or _verdict(model, image, wanted)
             results.append((path, f"{prompt}  {note}".strip()))
     return results

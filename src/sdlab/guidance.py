@@ -12,24 +12,17 @@ whose size then differs by a constant factor at each step.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from sdlab.errors import SdlabError
+from sdlab.recipe import GuideSpec
 from sdlab.sampler import StepRecord
 
 Loss = Callable[[torch.Tensor], torch.Tensor]  # images (N, 3, H, W) in [0, 1] -> scalar
 Decoder = Callable[[torch.Tensor], torch.Tensor]
-
-COLORS = {
-    "red": (1.0, 0.0, 0.0), "green": (0.0, 0.8, 0.0), "blue": (0.0, 0.0, 1.0),
-    "yellow": (1.0, 1.0, 0.0), "white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0),
-    "orange": (1.0, 0.55, 0.0), "purple": (0.55, 0.0, 0.8),
-}
-
 
 def blue_loss(images: torch.Tensor) -> torch.Tensor:
     """The deep dive's: how far the blue channel is from 0.9, on average."""
@@ -76,34 +69,15 @@ class LossGuidance:
         return replace(record, latents=(latents - grad * sigma**2).detach())
 
 
-def parse_guide(spec: str, clip_loss: Callable[[str], Loss] | None = None
-                ) -> tuple[str, Loss, float]:
-    """`NAME:SCALE` -> (name, loss, scale). Names: blue, contrast, color:<name or r,g,b>,
-    clip:"<text>" (needs a CLIP model)."""
-    match = re.fullmatch(r"(?P<name>.+):(?P<scale>-?[0-9.]+(?:e-?\d+)?)", spec.strip())
-    if not match:
-        raise SdlabError(f"--guide '{spec}' should be NAME:SCALE, e.g. blue:200")
-    name, scale = match["name"], float(match["scale"])
-    if name == "blue":
-        return name, blue_loss, scale
-    if name == "contrast":
-        return name, contrast_loss, scale
-    if name.startswith("color:"):
-        return name, color_loss(_parse_color(name[6:])), scale
-    if name.startswith("clip:"):
-        if clip_loss is None:
-            raise SdlabError("clip guidance needs a CLIP model: this model folder has no clip/")
-        return name, clip_loss(name[5:].strip("\"'")), scale
-    raise SdlabError(f"unknown guide '{name}': use blue, contrast, color:<name|r,g,b>, "
-                     'or clip:"<text>"')
-
-
-def _parse_color(text: str) -> tuple[float, float, float]:
-    if text in COLORS:
-        return COLORS[text]
-    try:
-        r, g, b = (float(v) for v in text.split(","))
-    except ValueError:
-        raise SdlabError(f"unknown colour '{text}': use one of {', '.join(COLORS)} or r,g,b "
-                         "in 0..1") from None
-    return r, g, b
+def loss_for(spec: GuideSpec, clip_loss: Callable[[str], Loss] | None = None) -> Loss:
+    """The loss a parsed guide names; clip guides need `clip_loss` (text -> loss)."""
+    if spec.kind == "blue":
+        return blue_loss
+    if spec.kind == "contrast":
+        return contrast_loss
+    if spec.kind == "color":
+        return color_loss(spec.color)
+    if clip_loss is None:
+        raise SdlabError("clip guidance needs a CLIP model: this model folder has no clip/ "
+                         "(give --clip-model)")
+    return clip_loss(spec.text)

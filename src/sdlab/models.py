@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,14 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from safetensors.torch import load_file
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+)
 
 from sdlab.errors import SdlabError
 
@@ -218,7 +226,6 @@ def load(model: str | os.PathLike[str], device: str | torch.device = "cpu",
     device = pick_device(device) if isinstance(device, str) else device
     dtype = dtype or default_dtype(device)
     scheduler_config = read_configs(folder)["scheduler"]
-    quiet_libraries()
     try:
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(
@@ -236,17 +243,6 @@ def load(model: str | os.PathLike[str], device: str | torch.device = "cpu",
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return Parts(tokenizer, text_encoder, vae, unet, scheduler_config, str(model), folder,
                  device, dtype)
-
-
-def quiet_libraries() -> None:
-    """Loading bars and advice from transformers/diffusers are noise in a CLI's output."""
-    import diffusers
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
 
 
 def _one_line(err: BaseException) -> str:
@@ -281,10 +277,14 @@ def _cache_dir() -> Path:
 
 
 def _read_cache(file: Path) -> dict[str, str]:
+    """The cache, or an empty one where it is missing or damaged (it is rebuilt)."""
     try:
-        return json.loads(file.read_text())
+        cache = json.loads(file.read_text())
     except (OSError, ValueError):
         return {}
+    if not isinstance(cache, dict):
+        return {}
+    return {k: v for k, v in cache.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _write_cache(file: Path, cache: dict[str, str]) -> None:
@@ -304,3 +304,88 @@ def load_tokenizer(model: str | os.PathLike[str]) -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(folder / "tokenizer")
     except Exception as err:
         raise SdlabError(f"cannot load the tokenizer in {folder}: {_one_line(err)}") from err
+
+
+def load_split_clip(folder: Path) -> CLIPModel:
+    """A whole CLIPModel (fp32) from a model folder that keeps its text tower as
+    `text_encoder/` and its image tower as `clip/` (with `text_projection.safetensors`),
+    as the bundled model does."""
+    folder = Path(folder)
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32)
+    vision = CLIPVisionModelWithProjection.from_pretrained(folder / "clip", dtype=torch.float32)
+    extra = load_file(str(folder / "clip" / "text_projection.safetensors"))
+    config = CLIPConfig(text_config=text_encoder.config.to_dict(),
+                        vision_config=vision.config.to_dict(),
+                        projection_dim=vision.config.projection_dim)
+    clip = CLIPModel(config)
+    clip.text_model.load_state_dict(text_encoder.state_dict())
+    clip.vision_model.load_state_dict(vision.vision_model.state_dict())
+    clip.visual_projection.load_state_dict(vision.visual_projection.state_dict())
+    with torch.no_grad():
+        clip.text_projection.weight.copy_(extra["text_projection.weight"].float())
+        clip.logit_scale.copy_(extra["logit_scale"].reshape(()))
+    return clip.eval()
+
+
+# --- textual-inversion files ---------------------------------------------------------
+
+
+def read_embedding_file(path: str | os.PathLike[str]) -> tuple[str, torch.Tensor]:
+    """(the file's own token, its vectors) from a textual-inversion file, without running
+    pickled code.
+
+    diffusers `learned_embeds.bin` / `.safetensors` hold {token: (d,) or (n, d)}; A1111 `.pt`
+    files hold `string_to_param` (and A1111 `.safetensors` `emb_params`), and are used under
+    the file's name (A1111's rule). `.bin`/`.pt` are read with `torch.load(weights_only=True)`:
+    a file that needs more than tensors and plain containers is refused.
+    """
+    path = Path(path)
+    if path.stat().st_size > MAX_EMBEDDING_BYTES:
+        raise SdlabError(f"{path} is {path.stat().st_size} bytes: a textual-inversion file "
+                         f"is at most {MAX_EMBEDDING_BYTES} (is it a model?)")
+    return _vectors_of(_read_tensors(path), path)
+
+
+MAX_EMBEDDING_BYTES = 64 * 1024 * 1024
+
+
+def _read_tensors(path: Path) -> Any:
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:  # a damaged file, whatever the library's exception
+            raise SdlabError(f"cannot read {path} as safetensors: {_short(err)}") from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise SdlabError(f"refusing {path}: loading it would run pickled code "
+                         f"({_short(err)}); sdlab reads only tensors -- convert it to "
+                         ".safetensors where you trust it") from err
+    except Exception as err:
+        raise SdlabError(f"cannot read {path} as an embedding: {_short(err)}") from err
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return (text.split(". ")[0] or type(err).__name__)[:160]
+
+
+def _vectors_of(data: Any, path: Path) -> tuple[str, torch.Tensor]:
+    """(the file's own token, its vectors) for the formats in `load_embedding`."""
+    if isinstance(data, dict) and "string_to_param" in data:  # A1111 .pt
+        params = data["string_to_param"]
+        if isinstance(params, dict) and len(params) == 1:
+            value = next(iter(params.values()))
+            if isinstance(value, torch.Tensor):
+                return path.stem, value
+    elif isinstance(data, dict) and isinstance(data.get("emb_params"), torch.Tensor):
+        return path.stem, data["emb_params"]  # A1111 .safetensors
+    elif isinstance(data, dict) and len(data) == 1:  # diffusers {token: tensor}
+        key, value = next(iter(data.items()))
+        if isinstance(key, str) and isinstance(value, torch.Tensor):
+            return key, value
+    keys = ", ".join(map(str, list(data)[:4])) if isinstance(data, dict) else type(data).__name__
+    raise SdlabError(f"{path} is not a textual-inversion embedding ({keys}): expected "
+                     "{token: tensor} (diffusers) or string_to_param (A1111)")

@@ -3,6 +3,7 @@ through a temporary file and a rename, so a failed run never leaves half a file.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -45,24 +46,43 @@ def check_writable(path: str | Path, suffix: str) -> Path:
     return path
 
 
+def make_folder(path: str | Path) -> Path:
+    """An output folder, created if needed, or a one-line error."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SdlabError(f"cannot create the output folder {folder}: {err.strerror}") from err
+    if not os.access(folder, os.W_OK):
+        raise SdlabError(f"the output folder {folder} is not writable: choose another")
+    return folder
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
     path = Path(path)
     # the temporary name keeps the suffix: writers such as ffmpeg pick the format by it
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{path.suffix}",
-                               dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{path.suffix}",
+                                   dir=path.parent)
+    except OSError as err:
+        raise SdlabError(f"cannot write {path}: {err.strerror or err}") from err
     os.close(fd)
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, a vanished folder: one line, no partial file
+        raise SdlabError(f"cannot write {path}: {err.strerror or err}") from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
 
 
+@functools.cache
 def _umask() -> int:
+    """The process's umask, read once (reading it sets it, briefly: not in every write)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -73,7 +93,8 @@ def numbered(path: Path, index: int, count: int) -> Path:
     return path if count == 1 else path.with_name(f"{path.stem}-{index}{path.suffix}")
 
 
-def recipe(model: str, folder: Path, params: dict[str, Any], index: int = 0) -> dict[str, Any]:
+def recipe_meta(model: str, folder: Path, params: dict[str, Any], index: int = 0
+                ) -> dict[str, Any]:
     """What a PNG stores to be re-run: the model, its weights' hash, settings, batch index."""
     return {"sdlab_version": sdlab.__version__, "model": model,
             "weights_hash": weights_hash(folder), "params": params, "index": index}

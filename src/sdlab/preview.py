@@ -10,6 +10,7 @@ in the model folder) or get one fitted on the fly with `fit_preview`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sdlab import latents as latent_io
+from sdlab import vae
+from sdlab.errors import SdlabError
 from sdlab.models import Parts
 
 # Published SD 1.x latent -> RGB factors (rows: latent channel; columns: R, G, B);
@@ -30,6 +32,9 @@ SD1_FACTORS = [
 ]
 SD1_SCALING = 0.18215
 PREVIEW_FILE = "preview.json"
+DECODERS = ("approx", "full")  # the linear preview, the VAE
+
+Decoder = Callable[[torch.Tensor], torch.Tensor]  # latents -> images in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,8 @@ def preview_for(parts: Parts) -> LinearPreview:
 @torch.no_grad()
 def fit_preview(parts: Parts, images: list[Image.Image]) -> LinearPreview:
     """Least squares from each latent cell to the mean colour of the pixels it covers."""
-    latents = latent_io.encode(parts, images, "mean").float().cpu()  # (N, C, h, w)
-    pixels = latent_io.to_tensor(images)  # (N, 3, H, W) in [-1, 1]
+    latents = vae.encode(parts, images, "mean").float().cpu()  # (N, C, h, w)
+    pixels = vae.to_tensor(images)  # (N, 3, H, W) in [-1, 1]
     target = F.avg_pool2d(pixels, parts.vae_scale_factor)  # (N, 3, h, w)
     x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
     x = torch.cat([x, torch.ones(len(x), 1)], dim=1)
@@ -92,3 +97,12 @@ def _color_probe_images(size: int) -> list[Image.Image]:
         image.paste(colors[(k * 7 + 5) % len(colors)], (0, 0, size // 2, size))
         images.append(image)
     return images
+
+
+def decoder_for(parts: Parts, kind: str) -> Decoder:
+    """`approx`: the cheap linear preview; `full`: the VAE. Both are differentiable."""
+    if kind == "approx":
+        return preview_for(parts)
+    if kind == "full":
+        return lambda latents: vae.vae_decode(parts, latents)
+    raise SdlabError(f"unknown decoder '{kind}': use {' or '.join(DECODERS)}")

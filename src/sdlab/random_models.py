@@ -15,7 +15,6 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from sdlab.models import quiet_libraries
 from sdlab.schedule import SD1_SCHEDULER_CONFIG
 
 TOKENIZER_DIR = Path(__file__).parent / "assets" / "clip_tokenizer"
@@ -48,8 +47,17 @@ def build_random_model(folder: str | Path, shape: str = "tiny", seed: int = 0,
     """Write a random-weight SD model (diffusers layout, safetensors) to `folder`."""
     folder = Path(folder)
     spec = SHAPES[shape]
-    quiet_libraries()
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG untouched
+        torch.manual_seed(seed)
+        text_encoder, vae, unet = _random_parts(spec)
+    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    _write_configs(folder, prediction_type)
+    return folder
+
+
+def _random_parts(spec: dict) -> tuple[CLIPTextModel, AutoencoderKL, UNet2DConditionModel]:
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
         pad_token_id=49407, **spec["text"]))
@@ -59,9 +67,10 @@ def build_random_model(folder: str | Path, shape: str = "tiny", seed: int = 0,
         up_block_types=("UpDecoderBlock2D",) * len(spec["vae"]["block_out_channels"]),
         **spec["vae"])
     unet = UNet2DConditionModel(in_channels=4, out_channels=4, **spec["unet"])
-    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
-    vae.save_pretrained(folder / "vae", safe_serialization=True)
-    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    return text_encoder, vae, unet
+
+
+def _write_configs(folder: Path, prediction_type: str) -> None:
     # written as SD publishes it (not save_pretrained, which adds every default)
     (folder / "scheduler").mkdir(parents=True, exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
@@ -79,4 +88,3 @@ def build_random_model(folder: str | Path, shape: str = "tiny", seed: int = 0,
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }, indent=2))
-    return folder

@@ -34,45 +34,39 @@ def tokenize(parts: Parts, prompt: str) -> Tokens:
 
 
 def tokenize_with(tok: CLIPTokenizer, prompt: str) -> Tokens:
-    """`tokenize` for a tokenizer alone (no text encoder loaded)."""
-    ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids[0]
-    full = tok(prompt, padding="longest", return_tensors="pt").input_ids[0]
+    """`tokenize` for a tokenizer alone (no text encoder loaded): one tokenizer call."""
+    return fit_ids(tok, prompt, tok(prompt).input_ids)
+
+
+def fit_ids(tok: CLIPTokenizer, prompt: str, ids: list[int]) -> Tokens:
+    """Full token ids (<|startoftext|> ... <|endoftext|>) cut or padded to the encoder's
+    length, as the tokenizer's own truncation and padding do; a cut is logged once."""
+    length = tok.model_max_length
     dropped = ""
-    if len(full) > len(ids):
+    if len(ids) > length:
         # the cut sits between the last kept word and the final <|endoftext|>
-        dropped = tok.decode(full[tok.model_max_length - 1 : -1]).strip()
-        log.warning("prompt longer than %d tokens; dropped: %r", tok.model_max_length, dropped)
-    return Tokens(prompt, ids, dropped)
+        dropped = tok.decode(ids[length - 1 : -1]).strip()
+        log.warning("prompt longer than %d tokens; dropped: %r", length, dropped)
+        ids = [*ids[: length - 1], tok.eos_token_id]
+    ids = [*ids, *[tok.pad_token_id] * (length - len(ids))]
+    return Tokens(prompt, torch.tensor(ids), dropped)
 
 
 @torch.no_grad()
 def encode(parts: Parts, prompts: list[str]) -> torch.Tensor:
     """The text encoder's last hidden states for each prompt: (B, 77, d)."""
-    ids = torch.stack([tokenize(parts, p).ids for p in prompts]).to(parts.device)
+    return encode_ids(parts, torch.stack([tokenize(parts, p).ids for p in prompts]))
+
+
+@torch.no_grad()
+def encode_ids(parts: Parts, ids: torch.Tensor) -> torch.Tensor:
+    """The text encoder's last hidden states for token ids (B, 77): (B, 77, d)."""
+    ids = ids.to(parts.device)
     mask = None
     if getattr(parts.text_encoder.config, "use_attention_mask", False):
         mask = (ids != parts.tokenizer.pad_token_id).long()
     states = parts.text_encoder(ids, attention_mask=mask)[0]
     return states.to(parts.dtype)
-
-
-def conditioning(parts: Parts, prompt: str, negative: str, batch: int,
-                 guidance: float) -> torch.Tensor:
-    """Encoder states for one denoising batch: `[uncond × N, cond × N]` with guidance,
-    `[cond × N]` when guidance is 1 (then the unconditional pass would be wasted).
-    Plain prompts only: runs go through `sdlab.surgery.conditioning`, which adds the text
-    edits (and is this function when there are none)."""
-    cond = encode(parts, [prompt]).repeat(batch, 1, 1)
-    if not uses_cfg(guidance):
-        return cond
-    uncond = encode(parts, [negative]).repeat(batch, 1, 1)
-    return torch.cat([uncond, cond])
-
-
-def uses_cfg(guidance: float) -> bool:
-    """Classifier-free guidance needs the unconditional pass unless the scale is exactly 1."""
-    return guidance != 1.0
 
 
 # --- the stages of the text encoder, one by one ---------------------------------------

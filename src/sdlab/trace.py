@@ -4,7 +4,6 @@ per-step numbers as JSON in its header), frames of the progression, and MP4 vide
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,34 +15,20 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sdlab import latents as latent_io
+from sdlab import vae
 from sdlab.errors import SdlabError
-from sdlab.models import Parts
 from sdlab.outputs import atomic_write
-from sdlab.preview import preview_for
+from sdlab.preview import Decoder
 from sdlab.sampler import StepRecord
 
-TENSOR_FIELDS = ("latents", "eps_uncond", "eps_cond", "eps", "x0_pred", "next_latents")
-VIDEO_DECODERS = ("approx", "full")
-
-Decoder = Callable[[torch.Tensor], torch.Tensor]  # latents -> images in [0, 1]
-
-
-def decoder_for(parts: Parts, kind: str) -> Decoder:
-    """`approx`: the cheap linear preview; `full`: the VAE. Both are differentiable."""
-    if kind == "approx":
-        return preview_for(parts)
-    if kind == "full":
-        return lambda latents: latent_io.vae_decode(parts, latents)
-    raise SdlabError(f"unknown decoder '{kind}': use {' or '.join(VIDEO_DECODERS)}")
-
+TENSOR_FIELDS = ("latents", "pred_uncond", "pred_cond", "pred", "x0_pred", "next_latents")
 
 def progression_frame(decode: Decoder, record: StepRecord, index: int = 0) -> Image.Image:
     """The deep dive's frame: the current latents | the predicted x0, side by side."""
     with torch.no_grad():
         pair = torch.cat([record.latents[index : index + 1], record.x0_pred[index : index + 1]])
-        left, right = latent_io.to_pil(decode(pair))
-    return latent_io.side_by_side([left, right])
+        left, right = vae.to_pil(decode(pair))
+    return vae.side_by_side([left, right])
 
 
 class VideoFrames:
@@ -91,8 +76,8 @@ class Trace:
         get = self.tensors.get
         return StepRecord(int(self.tensors["i"][k]), self.tensors["t"][k],
                           self.tensors["sigma"][k], get("latents")[k],
-                          get("eps_uncond")[k] if "eps_uncond" in self.tensors else None,
-                          get("eps_cond")[k], get("eps")[k], get("x0_pred")[k],
+                          get("pred_uncond")[k] if "pred_uncond" in self.tensors else None,
+                          get("pred_cond")[k], get("pred")[k], get("x0_pred")[k],
                           get("next_latents")[k] if "next_latents" in self.tensors else None)
 
 
@@ -116,13 +101,28 @@ def save_trace(trace: Trace, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
 
+REQUIRED = ("i", "t", "sigma", "latents", "pred_cond", "pred", "x0_pred")
+
+
 def load_trace(path: str | Path) -> Trace:
+    """A trace written by `save_trace`, checked: every per-step tensor present, one entry
+    per step, finite values, JSON facts readable."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("sdlab", "{}"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
-    except (OSError, ValueError) as err:
-        raise SdlabError(f"cannot read trace {path}: {err}") from err
-    if "t" not in tensors:
-        raise SdlabError(f"{path} is not an sdlab trace (no per-step tensors)")
+    except Exception as err:  # a damaged file, whatever the library's exception
+        raise SdlabError(f"cannot read trace {path}: {_one_line(err)}") from err
+    missing = [k for k in REQUIRED if k not in tensors]
+    if missing:
+        raise SdlabError(f"{path} is not an sdlab trace (missing {', '.join(missing)})")
+    steps = {int(v.shape[0]) if v.ndim else -1 for v in tensors.values()}
+    if len(steps) != 1 or steps == {0} or not isinstance(meta, dict):
+        raise SdlabError(f"{path} is a damaged sdlab trace (its tensors disagree on the steps)")
+    if not all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()):
+        raise SdlabError(f"{path} holds NaN or infinite values: it is damaged")
     return Trace(tensors, meta)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200] or type(err).__name__

@@ -1,22 +1,21 @@
-"""Plots (matplotlib, drawn off-screen) and grids."""
+"""Plots, drawn off-screen on `matplotlib.figure.Figure` (no pyplot: a notebook's or app's
+backend is left as it is)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-
-from sdlab.outputs import atomic_write  # noqa: E402
-from sdlab.trace import Trace  # noqa: E402
+from sdlab.outputs import atomic_write
+from sdlab.trace import Trace
 
 
 def plot_schedule(rows: list[tuple[int, float, float]], title: str, path: str | Path) -> Path:
     """Sigma and timestep against the step index, as a PNG."""
     steps = [r[0] for r in rows]
-    fig, (ax_sigma, ax_t) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    ax_sigma, ax_t = fig.subplots(1, 2)
     ax_sigma.plot(steps, [r[2] for r in rows], marker="o")
     ax_sigma.set(xlabel="step i", ylabel="sigma", title="noise level")
     ax_t.plot(steps, [r[1] for r in rows], marker="o", color="tab:orange")
@@ -46,7 +45,8 @@ def trace_plots(trace: Trace, folder: Path) -> list[Path]:
 def plot_series(x: list[int], series: dict[str, list[float]], ylabel: str,
                 path: str | Path) -> Path:
     """Lines against the step index."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     for name, values in series.items():
         ax.plot(x, values, marker="o", label=name)
     ax.set(xlabel="step i", ylabel=ylabel)
@@ -55,8 +55,5 @@ def plot_series(x: list[int], series: dict[str, list[float]], ylabel: str,
     return save_figure(fig, path)
 
 
-def save_figure(fig: plt.Figure, path: str | Path) -> Path:
-    try:
-        return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100))

@@ -20,7 +20,7 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import (
     CLIPImageProcessorPil,
     CLIPModel,
@@ -121,25 +121,3 @@ def write_preview(folder: Path, n: int = 256, seed: int = 4242) -> Path:
     parts = load(folder)
     images = [Image.fromarray(a) for a in random_images(np.random.default_rng(seed), n, "all")]
     return save_preview(fit_preview(parts, images), Path(folder))
-
-
-def load_clip(folder: Path) -> CLIPModel:
-    """Rebuild the whole tiny CLIP (fp32) from a saved folder's text_encoder/ and clip/."""
-    from transformers import CLIPConfig
-
-    folder = Path(folder)
-    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32)
-    vision = CLIPVisionModelWithProjection.from_pretrained(folder / "clip", dtype=torch.float32)
-    extra = load_file(str(folder / "clip" / "text_projection.safetensors"))
-    config = CLIPConfig(
-        text_config=text_encoder.config.to_dict(), vision_config=vision.config.to_dict(),
-        projection_dim=vision.config.projection_dim,
-    )  # fmt: skip
-    clip = CLIPModel(config)
-    clip.text_model.load_state_dict(text_encoder.state_dict())
-    clip.vision_model.load_state_dict(vision.vision_model.state_dict())
-    clip.visual_projection.load_state_dict(vision.visual_projection.state_dict())
-    with torch.no_grad():
-        clip.text_projection.weight.copy_(extra["text_projection.weight"].float())
-        clip.logit_scale.copy_(extra["logit_scale"].reshape(()))
-    return clip.eval()
