@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 import torch
-from safetensors.torch import load_file
 
 from sdlab import vae
 from sdlab.cli_common import guard, model_option
 from sdlab.errors import SdlabError
-from sdlab.models import default_model, load, read_configs, resolve
+from sdlab.limits import check_pixels, check_steps
+from sdlab.models import default_model, load, read_configs, resolve, scale_factor
 from sdlab.outputs import atomic_write, check_writable, save_latents
 from sdlab.schedule import SCHEDULERS, make_scheduler, noise_to_step, schedule_table
 from sdlab.viz import plot_schedule
@@ -42,8 +42,9 @@ def vae_encode(image: str, model: str | None, out: str, mode: str, seed: int,
     """Encode IMAGE to scaled latents."""
     out_path = check_writable(out, ".safetensors")
     channels_path = check_writable(channels, ".png") if channels else None
-    parts = load(model or default_model())
-    picture = vae.load_image(image, factor=parts.vae_scale_factor)
+    folder = resolve(model or default_model())
+    picture = vae.load_image(image, factor=scale_factor(read_configs(folder)["vae"]))
+    parts = load(folder)
     latents = vae.encode(parts, [picture], mode, torch.Generator().manual_seed(seed))
     save_latents(latents, out_path)
     if channels_path:
@@ -60,16 +61,14 @@ def vae_encode(image: str, model: str | None, out: str, mode: str, seed: int,
 def vae_decode(latents_file: str, model: str | None, out: str) -> None:
     """Decode a latents file (key `latents`) to an image (the first of the batch)."""
     out_path = check_writable(out, ".png")
-    try:
-        latents = load_file(latents_file)["latents"]
-    except (OSError, KeyError, ValueError) as err:
-        raise SdlabError(f"{latents_file} is not a latents file with key 'latents': {err}"
-                         ) from err
-    parts = load(model or default_model())
-    if latents.ndim != 4 or latents.shape[1] != parts.unet.config.in_channels:
-        raise SdlabError(f"latents of shape {tuple(latents.shape)} do not fit this model "
-                         f"(expected (N, {parts.unet.config.in_channels}, h, w))")
-    image = vae.to_pil(vae.decode(parts, latents))[0]
+    folder = resolve(model or default_model())
+    configs = read_configs(folder)
+    latents = vae.read_latents(latents_file, int(configs["vae"].get("latent_channels", 4)))
+    first = latents[:1]  # (1, C, h, w)
+    factor = scale_factor(configs["vae"])
+    check_pixels(first.shape[2] * factor, first.shape[3] * factor, 1)
+    parts = load(folder)
+    image = vae.to_pil(vae.decode(parts, first))[0]
     click.echo(_save_image(image, out_path))
 
 
@@ -82,8 +81,9 @@ def vae_decode(latents_file: str, model: str | None, out: str) -> None:
 def vae_roundtrip(image: str, model: str | None, out: str) -> None:
     """Encode and decode IMAGE; report PSNR and the compression factor."""
     out_path = check_writable(out, ".png")
-    parts = load(model or default_model())
-    result = vae.roundtrip(parts, vae.load_image(image, factor=parts.vae_scale_factor))
+    folder = resolve(model or default_model())
+    picture = vae.load_image(image, factor=scale_factor(read_configs(folder)["vae"]))
+    result = vae.roundtrip(load(folder), picture)
     _save_image(vae.side_by_side([result.original, result.reconstruction]), out_path)
     click.echo(f"PSNR {result.psnr:.2f} dB, compression {result.compression:.0f}x "
                f"(image {result.image_shape} -> latents {result.latents_shape}); {out_path}")
@@ -98,10 +98,9 @@ def vae_roundtrip(image: str, model: str | None, out: str) -> None:
 @guard
 def schedule_cmd(model: str | None, scheduler: str, steps: int, plot: str | None) -> None:
     """The timesteps and sigmas of a scheduler, as a table (and a plot)."""
-    if steps < 1:
-        raise SdlabError(f"--steps must be at least 1 (got {steps})")
     plot_path = check_writable(plot, ".png") if plot else None
     config = read_configs(resolve(model or default_model()))["scheduler"]
+    check_steps(steps, config.get("num_train_timesteps"))
     sched = make_scheduler(scheduler, config)
     sched.set_timesteps(steps)
     rows = schedule_table(sched)
@@ -130,13 +129,15 @@ def noise_cmd(image: str, model: str | None, step: int, steps: int, scheduler: s
               out: str) -> None:
     """Encode IMAGE, `add_noise` it to a step of the schedule, decode it for viewing."""
     out_path = check_writable(out, ".png")
-    parts = load(model or default_model())
+    folder = resolve(model or default_model())
+    check_steps(steps, read_configs(folder)["scheduler"].get("num_train_timesteps"))
+    picture = vae.load_image(image, factor=scale_factor(read_configs(folder)["vae"]))
+    parts = load(folder)
     sched = make_scheduler(scheduler, parts.scheduler_config)
     sched.set_timesteps(steps)
     if not 0 <= step < len(sched.timesteps):
         raise SdlabError(f"--step must be in 0..{len(sched.timesteps) - 1} (got {step})")
-    latents = vae.encode(parts, [vae.load_image(image, factor=parts.vae_scale_factor)],
-                               "mean")
+    latents = vae.encode(parts, [picture], "mean")
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     noisy = noise_to_step(sched, latents, noise.to(latents), step)
     _save_image(vae.to_pil(vae.decode(parts, noisy))[0], out_path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sdlab.generate import GenerateParams, generate
 from sdlab.models import BUNDLED_DIR, BUNDLED_NAME, load
-from sdlab.outputs import recipe_meta, save_png
+from sdlab.outputs import make_folder, recipe_meta, save_png
 from sdlab.random_models import build_random_model
 
 # The bundled model's working guidance: SD's 7.5, its best on the benchmark (the guidance
@@ -36,7 +36,7 @@ PROMPTS: dict[str, dict[str, str]] = {
 def run_demo(out: Path, model: str | None = None) -> list[tuple[Path, str]]:
     """Generate IMAGES_PER_PROMPT images of each demo prompt (prompt k from seed k) into
     demo-K-J.png; returns (path, note) per image."""
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out)
     random_note = ""
     if model is None and (BUNDLED_DIR / "model_index.json").is_file():
         model = BUNDLED_NAME

@@ -17,9 +17,10 @@ from PIL import Image
 from sdlab import vae
 from sdlab.denoisers import CFGDenoiser, CondDenoiser, Denoiser
 from sdlab.guidance import LossGuidance, loss_for
+from sdlab.limits import check_pixels
 from sdlab.models import Parts
 from sdlab.preview import decoder_for
-from sdlab.recipe import GenerateParams, Recipe, as_recipe, check_pixels
+from sdlab.recipe import GenerateParams, Recipe, as_recipe
 from sdlab.sampler import Callback, StepRecord, denoise, initial_noise
 from sdlab.schedule import make_scheduler
 from sdlab.surgery import Conditioning, conditioning

@@ -13,8 +13,9 @@ from PIL import Image
 
 from sdlab import vae
 from sdlab.generate import Generation, Run, denoiser, guide_callbacks, last_record, setup
+from sdlab.limits import check_pixels
 from sdlab.models import Parts
-from sdlab.recipe import Img2ImgParams, Recipe, as_recipe, check_pixels, strength_for
+from sdlab.recipe import Img2ImgParams, Recipe, as_recipe, strength_for
 from sdlab.sampler import Callback
 
 __all__ = ["Img2ImgParams", "img2img", "prepare_img2img", "strength_for"]

@@ -6,21 +6,19 @@ strings into typed specs (swaps, mix terms, guides, learned-embedding files); th
 below takes the parsed `Recipe` and checks nothing again. `params_from_dict` reads an
 untrusted recipe (a PNG's, a web request's) with the same checks as the command line.
 
-Every size, count and magnitude has a limit, checked before any work. The limits that
-cost memory or time can be raised through the environment (`SDLAB_MAX_PIXELS`,
-`SDLAB_MAX_BATCH`, `SDLAB_MAX_STEPS`).
+Every size, count and magnitude has a limit (`sdlab.limits`), checked before any work.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from sdlab.errors import SdlabError
+from sdlab.limits import Limits, check_pixels, over
 from sdlab.schedule import DEFAULT_SCHEDULER, SCHEDULERS
 
 DECODERS = ("approx", "full")  # the cheap linear preview, the VAE (sdlab.preview)
@@ -82,47 +80,6 @@ class Img2ImgParams(GenerateParams):
 def defaults(cls: type[GenerateParams] = GenerateParams) -> dict[str, Any]:
     """The fields' defaults, for shells that show them (one place defines them)."""
     return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
-
-
-# --- limits ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on the work and memory one run may ask for."""
-
-    max_pixels: int = 4 * 1024 * 1024  # height * width * batch
-    max_side: int = 4096
-    max_batch: int = 16
-    max_steps: int = 1000
-    max_guidance: float = 100.0
-    max_weight: float = 100.0  # |mix weight|
-    max_guide_scale: float = 1e6
-    max_prompt_chars: int = 10_000
-    max_edits: int = 64  # swaps, mix terms, embeddings, guides: each
-
-    @classmethod
-    def from_env(cls) -> Limits:
-        env = {"max_pixels": "SDLAB_MAX_PIXELS", "max_batch": "SDLAB_MAX_BATCH",
-               "max_steps": "SDLAB_MAX_STEPS"}
-        values = {}
-        for name, var in env.items():
-            text = os.environ.get(var)
-            if text is not None:
-                try:
-                    values[name] = int(text)
-                except ValueError:
-                    raise SdlabError(f"{var}={text!r} is not a whole number") from None
-        return cls(**values)
-
-
-RAISE_HINT = {"max_pixels": "SDLAB_MAX_PIXELS", "max_batch": "SDLAB_MAX_BATCH",
-              "max_steps": "SDLAB_MAX_STEPS"}
-
-
-def _over(what: str, value: object, limit: object, name: str) -> SdlabError:
-    hint = f" (set {RAISE_HINT[name]} to raise it)" if name in RAISE_HINT else ""
-    return SdlabError(f"{what} {value} is over the limit of {limit}{hint}")
 
 
 # --- parsed specs ------------------------------------------------------------------------
@@ -225,14 +182,14 @@ def _whole(name: str, value: Any, low: int, high: int | None = None) -> int:
 def _check_numbers(params: GenerateParams, limits: Limits) -> None:
     steps = _whole("--steps", params.steps, 1)
     if steps > limits.max_steps:
-        raise _over("--steps", steps, limits.max_steps, "max_steps")
+        raise over("--steps", steps, limits.max_steps, "max_steps")
     guidance = _finite("--guidance", params.guidance)
     if not 0 <= guidance <= limits.max_guidance:
         raise SdlabError(f"--guidance must be in 0..{limits.max_guidance:g} (got {guidance:g})")
     _whole("--seed", params.seed, 0, 2**64 - 1)
     batch = _whole("--batch", params.batch, 1)
     if batch > limits.max_batch:
-        raise _over("--batch", batch, limits.max_batch, "max_batch")
+        raise over("--batch", batch, limits.max_batch, "max_batch")
     for name in ("height", "width"):
         value = getattr(params, name)
         if value is not None:
@@ -248,28 +205,19 @@ def _check_numbers(params: GenerateParams, limits: Limits) -> None:
                          f"{', '.join(SCHEDULERS)}")
 
 
-def check_pixels(height: int, width: int, batch: int, limits: Limits | None = None) -> None:
-    """A run's pixels (height x width x batch) within the limit."""
-    limits = limits or Limits.from_env()
-    pixels = height * width * batch
-    if pixels > limits.max_pixels:
-        raise _over(f"{height}x{width} x batch {batch} =", f"{pixels} pixels",
-                    limits.max_pixels, "max_pixels")
-
-
 def _check_text(params: GenerateParams, limits: Limits) -> None:
     for name in ("prompt", "negative"):
         value = getattr(params, name)
         if not isinstance(value, str):
             raise SdlabError(f"the {name} must be text (got {value!r})")
         if len(value) > limits.max_prompt_chars:
-            raise _over(f"the {name}'s length", len(value), limits.max_prompt_chars, "")
+            raise over(f"the {name}'s length", len(value), limits.max_prompt_chars, "")
     for name in ("swap", "mix", "embedding", "token", "guide"):
         values = getattr(params, name)
         if not isinstance(values, tuple) or not all(isinstance(v, str) for v in values):
             raise SdlabError(f"--{name} must be a list of text entries (got {values!r})")
         if len(values) > limits.max_edits:
-            raise _over(f"the number of --{name} entries", len(values), limits.max_edits, "")
+            raise over(f"the number of --{name} entries", len(values), limits.max_edits, "")
     if params.mix and params.prompt:
         raise SdlabError("give either a prompt or --mix entries (PROMPT:WEIGHT), not both")
     if params.token and len(params.token) != len(params.embedding):

@@ -19,10 +19,11 @@ from PIL import Image
 from sdlab.errors import SdlabError
 from sdlab.generate import Generation, Run, prepare
 from sdlab.img2img import prepare_img2img
+from sdlab.limits import Limits, check_pixels, check_steps
 from sdlab.models import Parts, read_configs, scale_factor
 from sdlab.outputs import check_writable, numbered, recipe_meta, save_latents, save_png
 from sdlab.preview import DECODERS, decoder_for
-from sdlab.recipe import Img2ImgParams, Limits, Recipe, check_pixels
+from sdlab.recipe import Img2ImgParams, Recipe
 from sdlab.sampler import Callback, StepRecord
 from sdlab.trace import VideoFrames, save_trace, to_trace, write_video
 from sdlab.vae import load_image
@@ -71,9 +72,7 @@ def check_for_model(recipe: Recipe, folder: Path, limits: Limits | None = None) 
             raise SdlabError(f"--{name} {value} is not a positive multiple of the VAE factor "
                              f"{factor} (try {nearest})")
     check_pixels(p.height or native, p.width or native, p.batch, limits)
-    if p.steps > train_steps:
-        raise SdlabError(f"--steps {p.steps} is more than the {train_steps} timesteps the "
-                         "model was trained with: use fewer steps")
+    check_steps(p.steps, train_steps, limits)
 
 
 @dataclass

@@ -10,28 +10,87 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from sdlab.errors import SdlabError
+from sdlab.limits import Limits, check_pixels, over
 from sdlab.models import Parts
 
 ENCODE_MODES = ("sample", "mean", "mode")  # mean and mode coincide for the VAE's Gaussian
 
 
-def load_image(path: str | Path, size: tuple[int, int] | None = None,
-               factor: int = 8) -> Image.Image:
-    """An RGB image, resized to `size` (width, height) or cropped down to a multiple of the
-    VAE factor (the deep dive's images are 512x512)."""
+def load_image(path: str | Path, size: tuple[int, int] | None = None, factor: int = 8,
+               limits: Limits | None = None) -> Image.Image:
+    """An RGB image, resized to `size` (width, height) or down to a multiple of the VAE
+    factor (the deep dive's images are 512x512). Its pixels are counted from the header,
+    before it is decoded; greyscale, 16-bit, palette and alpha images become RGB."""
+    limits = limits or Limits.from_env()
+    check_file_size(path, limits)
     try:
-        image = Image.open(path).convert("RGB")
-    except (OSError, ValueError) as err:
-        raise SdlabError(f"cannot read image {path}: {err}") from err
+        with Image.open(path) as image:
+            check_pixels(image.height, image.width, 1, limits)
+            image = to_rgb(image)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise SdlabError(f"cannot read image {path}: {_one_line(err)}") from err
     if size is None:
         size = (image.width // factor * factor, image.height // factor * factor)
         if min(size) == 0:
             raise SdlabError(f"image {path} is smaller than the VAE factor {factor}")
+    check_pixels(size[1], size[0], 1, limits)
     if image.size != size:
         image = image.resize(size, Image.Resampling.LANCZOS)
     return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any PIL mode: 16-bit and 32-bit greyscale scaled (not clipped) to
+    0..255, alpha composited over white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        grey = np.clip(values / top * 255, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if image.mode == "F":
+        grey = np.clip(np.nan_to_num(np.asarray(image)) * 255, 0, 255).round()
+        return Image.fromarray(grey.astype(np.uint8), mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def check_file_size(path: str | Path, limits: Limits) -> None:
+    try:
+        size = Path(path).stat().st_size
+    except OSError as err:
+        raise SdlabError(f"cannot read {path}: {err.strerror}") from err
+    if size > limits.max_file_bytes:
+        raise over(f"{path} is", f"{size} bytes,", limits.max_file_bytes, "")
+
+
+def read_latents(path: str | Path, channels: int, limits: Limits | None = None) -> torch.Tensor:
+    """Latents (N, C, h, w) from a safetensors file's `latents` key, checked: the model's
+    channel count, a decodable size, finite values."""
+    limits = limits or Limits.from_env()
+    check_file_size(path, limits)
+    try:
+        latents = load_file(str(path))["latents"]
+    except KeyError:
+        raise SdlabError(f"{path} has no tensor 'latents': give a file from `sdlab vae "
+                         "encode` or `--save-latents`") from None
+    except Exception as err:  # a damaged or empty file, whatever the library's exception
+        raise SdlabError(f"cannot read {path} as safetensors: {_one_line(err)}") from err
+    if latents.ndim != 4 or latents.shape[1] != channels or min(latents.shape) == 0:
+        raise SdlabError(f"latents of shape {tuple(latents.shape)} do not fit this model "
+                         f"(expected (N, {channels}, h, w) with h, w > 0)")
+    if not latents.is_floating_point() or not torch.isfinite(latents).all():
+        raise SdlabError(f"{path} holds NaN, infinite or non-float values: it is damaged")
+    return latents.float()
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200] or type(err).__name__
 
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:

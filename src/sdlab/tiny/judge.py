@@ -50,12 +50,10 @@ def _as_array(image) -> np.ndarray:
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        arr = arr.astype(np.float32)
-    else:
-        arr = arr.astype(np.float32)
-        if arr.max() <= 1.0 + 1e-6:
-            arr = arr * 255.0
+    floats = arr.dtype != np.uint8
+    arr = arr.astype(np.float32)
+    if floats and arr.max() <= 1.0 + 1e-6:  # a float image in 0..1
+        arr = arr * 255.0
     if arr.shape[:2] != (world.IMAGE_SIZE, world.IMAGE_SIZE):
         pil = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
         size = (world.IMAGE_SIZE, world.IMAGE_SIZE)
