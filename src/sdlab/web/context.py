@@ -95,7 +95,7 @@ class Preview:
         self.out.put(("step", (record.i, self.done, self.total, float(record.sigma), image)))
 
 
-def stream_run(ctx: Context, session: str, params: service.GenerateParams, video: bool = True
+def stream_run(ctx: Context, session: str, recipe: service.Recipe, video: bool = True
                ) -> Iterator[tuple[str, Any]]:
     """Run in a worker that holds the model; yield ("step", (i, done, total, sigma, preview)) per
     step and ("done", RunOutputs) at the end. Stop (or the page going away) ends the run."""
@@ -107,7 +107,7 @@ def stream_run(ctx: Context, session: str, params: service.GenerateParams, video
     def work() -> None:
         try:
             with ctx.gate.turn():
-                result = service.run(ctx.parts, ctx.model_ref, params, folder,
+                result = service.run(ctx.parts, ctx.model_ref, recipe, folder,
                                      [Preview(ctx, stop, out)], video=video, trace=True)
             out.put(("done", result))
         except BaseException as err:  # handed to the request's thread, raised there

@@ -62,10 +62,9 @@ def text_tab(ctx: Context) -> None:
                scheduler: str) -> tuple[Any, Any, str]:
         edits = text_edits(ctx, prompt, swap_old, swap_new, mix_prompt, mix_weight, embedding,
                            token)
-        common = {"steps": int(steps), "guidance": float(guidance), "seed": int(seed),
-                  "scheduler": scheduler}
-        base = service.make_params(prompt=prompt, **common)
-        changed = service.make_params(**{"prompt": prompt, **edits, **common})
+        common = {"steps": steps, "guidance": guidance, "seed": seed, "scheduler": scheduler}
+        base = service.make_recipe(ctx.parts, {"prompt": prompt, **common})
+        changed = service.make_recipe(ctx.parts, {"prompt": prompt, **edits, **common})
         with ctx.gate.turn():
             left = service.run(ctx.parts, ctx.model_ref, base, ctx.workspace.request_folder())
             right = service.run(ctx.parts, ctx.model_ref, changed,
@@ -84,16 +83,16 @@ def text_edits(ctx: Context, prompt: str, swap_old: str, swap_new: str, mix_prom
     """The recipe fields of the edits asked for; one edit at least."""
     edits: dict[str, Any] = {}
     if swap_old.strip() or swap_new.strip():
-        edits["swap"] = (f"{swap_old.strip()}={swap_new.strip()}",)
+        edits["swap"] = [f"{swap_old.strip()}={swap_new.strip()}"]
     if mix_prompt.strip():
         weight = float(mix_weight)
-        edits["mix"] = (f"{prompt}:{1 - weight!r}", f"{mix_prompt.strip()}:{weight!r}")
+        edits["mix"] = [f"{prompt}:{1 - weight!r}", f"{mix_prompt.strip()}:{weight!r}"]
         edits["prompt"] = ""
     if embedding:
         file = check_embedding_file(ctx.workspace.upload(embedding, "embedding"), ctx.limits)
         service.check_embedding(str(file))  # refuses pickled code before any run
-        edits["embedding"] = (str(file),)
-        edits["token"] = (token.strip(),) if token.strip() else ()
+        edits["embedding"] = [str(file)]
+        edits["token"] = [token.strip()] if token.strip() else []
     if not edits:
         raise SdlabError("no edit given: swap a word, mix in a second prompt or upload an "
                          "embedding")
@@ -123,12 +122,14 @@ def img2img_tab(ctx: Context, steps_state: gr.State) -> None:
                request: gr.Request) -> Iterator[dict[Any, Any]]:
         file = ctx.workspace.upload(image, "start image")
         check_image(file, ctx.limits)
-        value = (service.strength_for(int(start), int(steps)) if mode == "start"
-                 else float(strength))
-        params = service.make_params(
-            image=str(file), prompt=prompt, steps=int(steps), guidance=float(guidance),
-            seed=int(seed), scheduler=scheduler, strength=value)
-        yield from stream_panel(ctx, request.session_hash, params, panel, steps_state)
+        value = (service.strength_for(int(start or 0), int(steps)) if mode == "start"
+                 else strength)
+        native = ctx.parts.native_size  # the upload is resized to the model's size
+        recipe = service.make_recipe(ctx.parts, {
+            "image": str(file), "prompt": prompt, "steps": steps, "guidance": guidance,
+            "seed": seed, "scheduler": scheduler, "strength": value, "width": native,
+            "height": native})
+        yield from stream_panel(ctx, request.session_hash, recipe, panel, steps_state)
 
     run.click(on_run, [image, prompt, mode, strength, start, *settings],
               [*panel.outputs(), steps_state], show_progress="hidden", concurrency_limit=None,
@@ -161,11 +162,11 @@ def guidance_tab(ctx: Context, steps_state: gr.State) -> None:
     def on_run(prompt: str, kind: str, color: str, text: str, scale: float, every: int,
                decoder: str, steps: int, guidance: float, seed: int, scheduler: str,
                request: gr.Request) -> Iterator[dict[Any, Any]]:
-        params = service.make_params(
-            prompt=prompt, steps=int(steps), guidance=float(guidance), seed=int(seed),
-            scheduler=scheduler, guide=(guide_spec(kind, color, text, float(scale)),),
-            guide_every=int(every), guide_decoder=decoder)
-        for update in stream_panel(ctx, request.session_hash, params, panel, steps_state):
+        recipe = service.make_recipe(ctx.parts, {
+            "prompt": prompt, "steps": steps, "guidance": guidance, "seed": seed,
+            "scheduler": scheduler, "guide": [guide_spec(kind, color, text, scale)],
+            "guide_every": every, "guide_decoder": decoder})
+        for update in stream_panel(ctx, request.session_hash, recipe, panel, steps_state):
             view = update.get(steps_state)
             if view is not None and view.records:
                 update[loss_plot] = curves([r.i for r in view.records],
@@ -178,8 +179,11 @@ def guidance_tab(ctx: Context, steps_state: gr.State) -> None:
     stop_button(ctx, stop)
 
 
-def guide_spec(kind: str, color: str, text: str, scale: float) -> str:
+def guide_spec(kind: str, color: str, text: str, scale: float | None) -> str:
     """The recipe's NAME:SCALE for the chosen loss."""
+    if scale is None:
+        raise SdlabError("give the guide a scale (a number, e.g. 200)")
+    scale = float(scale)
     if kind == "color":
         return f"color:{color}:{scale!r}"
     if kind == "clip":

@@ -69,31 +69,26 @@ def progress_html(done: int, total: int, sigma: float | None) -> str:
             f'style="width:100%"></progress><span>{text}</span></div>')
 
 
-def stream_panel(ctx: Context, session: str, params: service.GenerateParams, panel: Panel,
+def stream_panel(ctx: Context, session: str, recipe: service.Recipe, panel: Panel,
                  steps_state: gr.State) -> Iterator[dict[Any, Any]]:
     """The updates of a run's panel (and the session's Steps view) as it runs."""
-    yield {panel.status: "", panel.progress: progress_html(0, params.steps, None)}
-    for kind, value in stream_run(ctx, session, params):
+    planned = service.planned_steps(recipe)
+    yield {panel.status: "", panel.progress: progress_html(0, planned, None)}
+    for kind, value in stream_run(ctx, session, recipe):
         if kind == "step":
             i, done, total, sigma, image = value
             yield {panel.progress: progress_html(done, total, sigma), panel.preview: image}
             continue
         outputs: service.RunOutputs = value
         generation = outputs.generation
-        ran = len(generation.records)
-        note = f"stopped after {ran} steps" if ran < _planned(params) else f"done: {ran} steps"
+        ran = len(outputs.records)
+        note = f"stopped after {ran} steps" if ran < planned else f"done: {ran} steps"
         yield {
             panel.result: generation.images,
             panel.recipe: outputs.meta,
             panel.png: [str(p) for p in outputs.pngs],
             panel.latents: str(outputs.latents),
-            panel.status: f"{note}; seed {params.seed}. The Steps tab shows every step.",
-            steps_state: RunView(generation.records, generation.losses, outputs.video,
+            panel.status: f"{note}; seed {recipe.params.seed}. The Steps tab shows every step.",
+            steps_state: RunView(outputs.records, generation.losses, outputs.video,
                                  outputs.trace),
         }
-
-
-def _planned(params: service.GenerateParams) -> int:
-    if isinstance(params, service.Img2ImgParams):
-        return params.steps - params.start_step()
-    return params.steps

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
-import torch
 
 from sdlab.web import service
 from sdlab.web.context import Context, shown
@@ -50,11 +49,11 @@ def generate_tab(ctx: Context, steps_state: gr.State) -> Panel:
     def on_generate(prompt: str, negative: str, steps: int, guidance: float, seed: int,
                     scheduler: str, width: int, height: int, batch: int,
                     request: gr.Request) -> Iterator[dict[Any, Any]]:
-        params = service.make_params(
-            prompt=prompt, negative=negative, steps=int(steps), guidance=float(guidance),
-            seed=int(seed), scheduler=scheduler, width=int(width), height=int(height),
-            batch=int(batch))
-        yield from stream_panel(ctx, request.session_hash, params, panel, steps_state)
+        recipe = service.make_recipe(ctx.parts, {
+            "prompt": prompt, "negative": negative, "steps": steps, "guidance": guidance,
+            "seed": seed, "scheduler": scheduler, "width": width, "height": height,
+            "batch": batch})
+        yield from stream_panel(ctx, request.session_hash, recipe, panel, steps_state)
 
     run.click(on_generate, [prompt, negative, *settings, width, height, batch],
               [*panel.outputs(), steps_state], show_progress="hidden",
@@ -122,11 +121,11 @@ def step_facts(record: service.StepRecord, view: RunView) -> str:
     """sigma, t, the size of eps_cond - eps_uncond and any guide's loss at this step."""
     lines = [f"**step {record.i}** · sigma **{float(record.sigma):.4f}** · "
              f"t **{float(record.t):.1f}**"]
-    if record.eps_uncond is None:
+    size = service.guidance_size(record)
+    if size is None:
         lines.append("guidance 1: no unconditional pass, so no guidance direction")
     else:
-        size = float(torch.sqrt(((record.eps_cond - record.eps_uncond) ** 2).mean()))
-        lines.append(f"|eps_cond − eps_uncond| (RMS) **{size:.4f}**")
+        lines.append(f"guidance direction |pred_cond − pred_uncond| (RMS) **{size:.4f}**")
     for name, points in view.losses.items():
         at = [loss for i, loss in points if i == record.i]
         if at:

@@ -14,39 +14,33 @@ from typing import Any
 import torch
 from PIL import Image
 
-from sdlab import latents as latent_io
-from sdlab.generate import GenerateParams, Generation, check_params, generate
-from sdlab.img2img import Img2ImgParams, check_img2img, img2img, strength_for
-from sdlab.models import Parts, load, resolve, weights_hash
-from sdlab.outputs import numbered, recipe, save_latents, save_png
-from sdlab.preview import preview_for
+from sdlab import vae
+from sdlab.errors import SdlabError
+from sdlab.generate import Generation
+from sdlab.models import Parts, load, resolve
+from sdlab.preview import DECODERS, decoder_for, preview_for
+from sdlab.recipe import Img2ImgParams, Recipe, params_from_dict, parse, strength_for
+from sdlab.run import Outputs, check_for_model, check_outputs, execute
 from sdlab.sampler import Callback, StepRecord, StopSampling
 from sdlab.schedule import SCHEDULERS, make_scheduler, noise_to_step, schedule_table
 from sdlab.surgery import load_embedding
 from sdlab.text import TokenRow, token_rows
-from sdlab.trace import (
-    VIDEO_DECODERS,
-    VideoFrames,
-    decoder_for,
-    progression_frame,
-    save_trace,
-    to_trace,
-    write_video,
-)
+from sdlab.trace import progression_frame
 
 __all__ = [
-    "SCHEDULERS", "VIDEO_DECODERS", "GenerateParams", "Img2ImgParams", "Parts", "StepRecord",
-    "StopSampling", "RunOutputs", "load_model", "make_params", "run", "frame",
+    "DECODERS", "SCHEDULERS", "Img2ImgParams", "Parts", "Recipe", "StepRecord", "StopSampling",
+    "RunOutputs", "load_model", "make_recipe", "run", "frame", "guidance_size",
     "preview_image", "tokens", "check_embedding", "vae_roundtrip", "schedule_rows",
-    "noised_to_step", "load_picture", "strength_for", "weights_hash",
+    "noised_to_step", "load_picture", "strength_for", "planned_steps",
 ]
 
 
 @dataclass
 class RunOutputs:
-    """A finished (or stopped) run and the files written for it."""
+    """A finished (or stopped) run, its step records and the files written for it."""
 
     generation: Generation
+    records: list[StepRecord]
     pngs: list[Path]  # each carries the recipe (`sdlab generate --from` re-runs it)
     latents: Path
     video: Path | None = None
@@ -61,45 +55,56 @@ def load_model(model: str) -> tuple[Parts, str]:
     return load(model), ref
 
 
-def make_params(image: str | None = None, **settings: Any) -> GenerateParams:
-    """Checked settings of a text-to-image run, or of an image-to-image run from `image`."""
-    params = (Img2ImgParams(image=image, **settings) if image
-              else GenerateParams(**settings))
-    check_params(params)
-    if isinstance(params, Img2ImgParams):
-        check_img2img(params)
-    return params
+def make_recipe(parts: Parts, settings: dict[str, Any]) -> Recipe:
+    """A request's settings checked as any recipe is (types, values, limits, the model's
+    size rules): text to image, or image to image when they name an image."""
+    settings = {k: _whole(v) if k in WHOLE else v for k, v in settings.items()}
+    recipe = parse(params_from_dict(settings, "the request"))
+    check_for_model(recipe, parts.folder)
+    return recipe
 
 
-def run(parts: Parts, model_ref: str, params: GenerateParams, folder: Path,
+WHOLE = ("steps", "seed", "width", "height", "batch", "guide_every")
+
+
+def _whole(value: Any) -> Any:
+    """A page's number widgets may send 20.0 for 20."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def planned_steps(recipe: Recipe) -> int:
+    p = recipe.params
+    return p.steps - p.start_step() if isinstance(p, Img2ImgParams) else p.steps
+
+
+def run(parts: Parts, model_ref: str, recipe: Recipe, folder: Path,
         callbacks: Sequence[Callback] = (), video: bool = False, trace: bool = False
         ) -> RunOutputs:
-    """Run the recipe and write its outputs into `folder`: PNG(s) with the recipe, the final
-    latents, and on request the progression video and the trace."""
-    frames = VideoFrames(decoder_for(parts, "approx")) if video else None
-    every = [*callbacks, *([frames] if frames else [])]
-    if isinstance(params, Img2ImgParams):
-        picture = load_picture(params.image, parts)
-        result = img2img(parts, params, picture, every, keep_records=True)
-    else:
-        result = generate(parts, params, every, keep_records=True)
-    meta = recipe(model_ref, resolve(model_ref), result.params.to_dict())
-    pngs = [save_png(image, numbered(folder / "sdlab.png", i, len(result.images)),
-                     {**meta, "index": i}) for i, image in enumerate(result.images)]
-    outputs = RunOutputs(result, pngs, save_latents(result.latents, folder / "latents.safetensors"),
-                         meta=meta)
-    if frames is not None and frames.frames:
-        outputs.video = write_video(frames.frames, folder / "progression.mp4")
-    if trace and result.records:
-        outputs.trace = save_trace(to_trace(result.records, {**meta, "losses": result.losses}),
-                                   folder / "trace.safetensors")
-    return outputs
+    """The library's run service: the recipe run and its outputs written into `folder`
+    (PNG(s) with the recipe, the final latents, on request the video and the trace)."""
+    outputs = check_outputs(Outputs(
+        image=folder / "sdlab.png", latents=folder / "latents.safetensors",
+        video=folder / "progression.mp4" if video else None,
+        trace=folder / "trace.safetensors" if trace else None))
+    done = execute(parts, recipe, outputs, callbacks, keep_records=True, model_ref=model_ref)
+    written = {p.name: p for p in done.written}
+    pngs = [p for p in done.written if p.suffix == ".png"]
+    return RunOutputs(done.generation, done.records, pngs, written["latents.safetensors"],
+                      written.get("progression.mp4"), written.get("trace.safetensors"),
+                      done.meta)
+
+
+def guidance_size(record: StepRecord) -> float | None:
+    """RMS of the guidance direction pred_cond - pred_uncond (None: no unconditional pass)."""
+    if record.pred_uncond is None:
+        return None
+    return float(torch.sqrt(((record.pred_cond - record.pred_uncond) ** 2).mean()))
 
 
 def load_picture(path: str, parts: Parts) -> Image.Image:
     """An uploaded image at the model's native size."""
     size = parts.native_size
-    return latent_io.load_image(path, (size, size), parts.vae_scale_factor)
+    return vae.load_image(path, (size, size), parts.vae_scale_factor)
 
 
 def frame(parts: Parts, record: StepRecord, decoder: str) -> Image.Image:
@@ -110,7 +115,7 @@ def frame(parts: Parts, record: StepRecord, decoder: str) -> Image.Image:
 def preview_image(parts: Parts, x0_pred: torch.Tensor) -> Image.Image:
     """The cheap linear preview of the first image's predicted x0."""
     with torch.no_grad():
-        return latent_io.to_pil(preview_for(parts)(x0_pred[:1]))[0]
+        return vae.to_pil(preview_for(parts)(x0_pred[:1]))[0]
 
 
 def tokens(parts: Parts, prompt: str) -> list[TokenRow]:
@@ -125,23 +130,30 @@ def check_embedding(path: str) -> str:
 def vae_roundtrip(parts: Parts, picture: Image.Image) -> tuple[Image.Image, Image.Image, float,
                                                                 float]:
     """(the 4 latent channels, the reconstruction, PSNR in dB, compression factor)."""
-    result = latent_io.roundtrip(parts, picture)
-    return (latent_io.channels_picture(result.latents), result.reconstruction, result.psnr,
+    result = vae.roundtrip(parts, picture)
+    return (vae.channels_picture(result.latents), result.reconstruction, result.psnr,
             result.compression)
 
 
 def schedule_rows(parts: Parts, scheduler: str, steps: int) -> list[tuple[int, float, float]]:
-    sched = make_scheduler(scheduler, parts.scheduler_config)
+    """(i, t, sigma) of each step of a scheduler set to `steps`."""
+    return schedule_table(_scheduler(parts, scheduler, steps))
+
+
+def _scheduler(parts: Parts, name: str, steps: int) -> Any:
+    train_steps = int(parts.scheduler_config.get("num_train_timesteps", 1000))
+    if not 1 <= steps <= train_steps:
+        raise SdlabError(f"steps must be in 1..{train_steps} (got {steps})")
+    sched = make_scheduler(name, parts.scheduler_config)
     sched.set_timesteps(steps)
-    return schedule_table(sched)
+    return sched
 
 
 def noised_to_step(parts: Parts, picture: Image.Image, scheduler: str, steps: int, step: int,
                    seed: int) -> Image.Image:
     """The image encoded, noised with `add_noise` to step `step`, decoded for viewing."""
-    sched = make_scheduler(scheduler, parts.scheduler_config)
-    sched.set_timesteps(steps)
-    latents = latent_io.encode(parts, [picture], "mean")
+    sched = _scheduler(parts, scheduler, steps)
+    latents = vae.encode(parts, [picture], "mean")
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     noisy = noise_to_step(sched, latents, noise.to(latents), step)
-    return latent_io.to_pil(latent_io.decode(parts, noisy))[0]
+    return vae.to_pil(vae.decode(parts, noisy))[0]
