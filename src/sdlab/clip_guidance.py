@@ -7,16 +7,20 @@ the Hugging Face cache) works too, with its own preprocessing (`preprocessor_con
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import CLIPModel, CLIPTokenizer
 
 from sdlab.errors import SdlabError
-from sdlab.models import Parts, load_split_clip, resolve_clip
+from sdlab.models import (
+    Parts,
+    clip_preprocessing,
+    has_split_clip,
+    load_split_clip,
+    resolve_clip,
+)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's pixel statistics
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -79,14 +83,15 @@ def clip_for(parts: Parts, clip_model: str | None = None) -> ClipScorer | None:
             tokenizer = CLIPTokenizer.from_pretrained(folder)
         except Exception as err:  # every library failure becomes one line
             raise SdlabError(f"cannot load the CLIP in {folder}: {_first_line(err)}") from err
-        return _scorer(model, tokenizer, folder, parts.device)
-    if (parts.folder / "clip" / "config.json").is_file():
+        return _scorer(model, tokenizer, clip_preprocessing(folder), parts.device)
+    if has_split_clip(parts.folder):
         try:
             model = load_split_clip(parts.folder)
         except Exception as err:  # every library failure becomes one line
-            raise SdlabError(f"cannot load the CLIP in {parts.folder / 'clip'}: "
+            raise SdlabError(f"cannot load the CLIP beside {parts.folder}'s text encoder: "
                              f"{_first_line(err)}") from err
-        return _scorer(model, parts.tokenizer, parts.folder / "clip", parts.device)
+        return _scorer(model, parts.tokenizer, clip_preprocessing(parts.folder / "clip"),
+                       parts.device)
     return None
 
 
@@ -94,13 +99,10 @@ def _first_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:300] or type(err).__name__
 
 
-def _scorer(model: CLIPModel, tokenizer: CLIPTokenizer, folder: Path,
+def _scorer(model: CLIPModel, tokenizer: CLIPTokenizer, preprocessing: dict,
             device: torch.device) -> ClipScorer:
     model = model.to(device).eval().requires_grad_(False)
     size = int(model.config.vision_config.image_size)
-    mean, std = CLIP_MEAN, CLIP_STD
-    config = folder / "preprocessor_config.json"
-    if config.is_file():
-        data = json.loads(config.read_text())
-        mean, std = data.get("image_mean", mean), data.get("image_std", std)
+    mean = preprocessing.get("image_mean", CLIP_MEAN)
+    std = preprocessing.get("image_std", CLIP_STD)
     return ClipScorer(model, tokenizer, size, torch.tensor(mean), torch.tensor(std))

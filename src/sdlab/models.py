@@ -306,6 +306,37 @@ def load_tokenizer(model: str | os.PathLike[str]) -> CLIPTokenizer:
         raise SdlabError(f"cannot load the tokenizer in {folder}: {_one_line(err)}") from err
 
 
+PREVIEW_FILE = "preview.json"  # a model's own latent -> RGB map (sdlab.preview)
+
+
+def read_preview_map(folder: Path) -> dict[str, Any] | None:
+    """The model folder's fitted preview map ({"weight": (C, 3), "bias": (3,)}), if any."""
+    file = folder / PREVIEW_FILE
+    if not file.is_file():
+        return None
+    data = _read_json(file)
+    if not isinstance(data.get("weight"), list) or not isinstance(data.get("bias"), list):
+        raise SdlabError(f"{file} is damaged: expected a weight and a bias")
+    return data
+
+
+def write_preview_map(folder: Path, text: str) -> Path:
+    path = Path(folder) / PREVIEW_FILE
+    path.write_text(text)
+    return path
+
+
+def has_split_clip(folder: Path) -> bool:
+    """Whether a model folder carries a CLIP image tower beside its text encoder (`clip/`)."""
+    return (folder / "clip" / "config.json").is_file()
+
+
+def clip_preprocessing(folder: Path) -> dict[str, Any]:
+    """A CLIP folder's image preprocessing settings (`preprocessor_config.json`), or {}."""
+    file = folder / "preprocessor_config.json"
+    return _read_json(file) if file.is_file() else {}
+
+
 def load_split_clip(folder: Path) -> CLIPModel:
     """A whole CLIPModel (fp32) from a model folder that keeps its text tower as
     `text_encoder/` and its image tower as `clip/` (with `text_projection.safetensors`),

@@ -20,7 +20,7 @@ from PIL import Image
 
 from sdlab import vae
 from sdlab.errors import SdlabError
-from sdlab.models import Parts
+from sdlab.models import Parts, read_preview_map, write_preview_map
 
 # Published SD 1.x latent -> RGB factors (rows: latent channel; columns: R, G, B);
 # they map the scaled latents to roughly [-1, 1].
@@ -31,7 +31,6 @@ SD1_FACTORS = [
     [-0.184, -0.271, -0.473],
 ]
 SD1_SCALING = 0.18215
-PREVIEW_FILE = "preview.json"
 DECODERS = ("approx", "full")  # the linear preview, the VAE
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]  # latents -> images in [0, 1]
@@ -59,9 +58,8 @@ class LinearPreview:
 
 def preview_for(parts: Parts) -> LinearPreview:
     """The model's own fitted map, else SD 1.x's published one, else a fit made now."""
-    file = parts.folder / PREVIEW_FILE
-    if file.is_file():
-        data = json.loads(file.read_text())
+    data = read_preview_map(parts.folder)
+    if data is not None:
         return LinearPreview(torch.tensor(data["weight"]), torch.tensor(data["bias"]),
                              parts.vae_scale_factor)
     if parts.vae.config.latent_channels == 4 and parts.vae.config.scaling_factor == SD1_SCALING:
@@ -83,9 +81,7 @@ def fit_preview(parts: Parts, images: list[Image.Image]) -> LinearPreview:
 
 
 def save_preview(preview: LinearPreview, folder: Path) -> Path:
-    path = folder / PREVIEW_FILE
-    path.write_text(preview.to_json())
-    return path
+    return write_preview_map(folder, preview.to_json())
 
 
 def _color_probe_images(size: int) -> list[Image.Image]:

@@ -19,9 +19,8 @@ from typing import Any
 
 from sdlab.errors import SdlabError
 from sdlab.limits import Limits, check_pixels, over
+from sdlab.preview import DECODERS
 from sdlab.schedule import DEFAULT_SCHEDULER, SCHEDULERS
-
-DECODERS = ("approx", "full")  # the cheap linear preview, the VAE (sdlab.preview)
 
 # named colours of the colour guide (r, g, b in 0..1)
 COLORS = {
@@ -56,6 +55,11 @@ class GenerateParams:
     guide_every: int = 5
     guide_decoder: str = "full"
     clip_model: str | None = None
+    # speed: guidance truncation (the share of the steps that run the unconditional pass)
+    # and step caching (sdlab.cache: the full UNet every N evaluations; 1 = off)
+    cfg_until: float = 1.0
+    cache_interval: int = 1
+    cache_branch: int = 0
 
     def __post_init__(self) -> None:  # a JSON recipe gives lists: keep tuples
         for name in ("swap", "mix", "embedding", "token", "guide"):
@@ -197,6 +201,12 @@ def _check_numbers(params: GenerateParams, limits: Limits) -> None:
     if params.height and params.width:
         check_pixels(params.height, params.width, batch, limits)
     _whole("--guide-every", params.guide_every, 1)
+    cfg_until = _finite("--cfg-until", params.cfg_until)
+    if not 0 <= cfg_until <= 1:
+        raise SdlabError(f"--cfg-until must be in 0..1, the share of the steps with guidance "
+                         f"(got {cfg_until:g})")
+    _whole("--cache-interval", params.cache_interval, 1, limits.max_steps)
+    _whole("--cache-branch", params.cache_branch, 0, 16)
     if params.guide_decoder not in DECODERS:
         raise SdlabError(f"--guide-decoder must be one of {', '.join(DECODERS)} "
                          f"(got {params.guide_decoder!r})")
