@@ -225,3 +225,21 @@ assert torch.equal(torch.get_rng_state(), state)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env={"MPLBACKEND": "svg", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# --- train-tiny never overwrites what it did not write --------------------------------------
+
+
+def test_train_tiny_refuses_a_folder_of_other_files(tmp_path: Path) -> None:
+    from sdlab.tiny.cli import DEFAULT_OUT, train_tiny
+
+    assert "assets" not in DEFAULT_OUT.parts  # a bare run never replaces the bundled model
+    mine = tmp_path / "mine"
+    (mine / "unet").mkdir(parents=True)
+    (mine / "unet" / "notes.txt").write_text("keep me")
+    result = CliRunner().invoke(train_tiny, ["--quick", "--out", str(mine), "--workdir",
+                                             str(tmp_path / "w")])
+    assert result.exit_code != 0
+    assert "not empty and holds no model" in result.output
+    assert (mine / "unet" / "notes.txt").read_text() == "keep me"
+    assert not (tmp_path / "w").exists()

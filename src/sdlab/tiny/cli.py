@@ -9,7 +9,7 @@ import click
 
 from sdlab.tiny.common import TinyConfig
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "assets" / "sdlab-tiny"
+DEFAULT_OUT = Path("runs/tiny/model")  # never the installed package's bundled model
 
 
 @click.command("train-tiny")
@@ -23,10 +23,14 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "assets" / "sdlab-tiny"
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from the workdir's checkpoints and skip finished stages.")
 @click.option("--threads", type=int, default=None, help="torch threads (default 1).")
+@click.option("--overwrite", is_flag=True,
+              help="Write into a non-empty OUT that does not hold a model already.")
 def train_tiny(out: Path, workdir: Path, seed: int, quick: bool, resume: bool,
-               threads: int | None) -> None:
+               threads: int | None, overwrite: bool) -> None:
     """Train sdlab-tiny (VAE, CLIP, UNet) on the synthetic world and save it to OUT."""
     from sdlab.tiny.train import train_tiny as run
+
+    check_out(out, overwrite)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = TinyConfig.quick(seed) if quick else TinyConfig(seed=seed)
@@ -35,3 +39,15 @@ def train_tiny(out: Path, workdir: Path, seed: int, quick: bool, resume: bool,
     result = run(out, workdir, config, resume=resume)
     times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in result.seconds.items())
     click.echo(f"saved {result.out} ({times})")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """OUT must be new, empty, or a model folder a previous run wrote (its model_index.json):
+    the export replaces the model's subfolders, so a user's own files there would be lost."""
+    if out.is_file():
+        raise click.ClickException(f"--out {out} is a file: give a folder")
+    if not out.is_dir() or overwrite or (out / "model_index.json").is_file():
+        return
+    if any(out.iterdir()):
+        raise click.ClickException(f"--out {out} is not empty and holds no model: choose a new "
+                                   "folder, or pass --overwrite")
