@@ -42,11 +42,15 @@ md("""
     | name | what it is |
     |---|---|
     | `latents` | the (N, 4, H/8, W/8) tensor the loop denoises |
-    | `eps` | the UNet's noise prediction (after classifier-free guidance) |
-    | `x0_pred` | the clean latents that prediction implies: `latents - sigma * eps` |
+    | `eps` | noise: what an epsilon model's UNet predicts |
+    | `pred` | the UNet's prediction, guided (`pred_uncond`, `pred_cond`: before guidance) |
+    | `x0_pred` | the clean latents the prediction implies: `latents - sigma * eps` |
     | `sigma` | the noise level of a step, as in `latents = x0 + sigma * noise` |
     | `t` | the training timestep (0…999) the UNet is told |
     | `i` | the index of the step in the loop (0…steps-1) |
+
+    `pred` is `eps` for epsilon models (SD v1.x, `sdlab-tiny`); a v-prediction model
+    predicts v instead, and `x0_pred` is worked out from that.
 
     **The model.** The deep dive used SD v1.4 at 512×512. Here the default is `sdlab-tiny`,
     the small Stable Diffusion this project trains and ships: 64×64 images of one coloured
@@ -224,16 +228,23 @@ code("""
 """)
 
 md("""
-    The same run through the library: `sdlab.generate.generate` does exactly these steps
-    (its loop is `sdlab.sampler.denoise`, a generator of per-step records; see §8). Same
-    prompt, seed, steps, guidance and scheduler give the same latents, bit for bit.
+    The same run through the library: `sdlab.generate.generate` does exactly these steps.
+    Its text stage is `sdlab.surgery.conditioning` (the states `cond` and `uncond`, from the
+    recipe `sdlab.recipe.parse` checked); classifier-free guidance is a wrapper around the
+    UNet, `sdlab.denoisers.CFGDenoiser`; its loop is `sdlab.sampler.denoise`, a generator of
+    per-step records (see §8). Same prompt, seed, steps, guidance and scheduler give the
+    same latents, bit for bit.
 """)
 
 code("""
     from sdlab.generate import GenerateParams, generate
+    from sdlab.recipe import parse
+    from sdlab.surgery import conditioning
 
     params = GenerateParams(prompt, steps=STEPS, guidance=GUIDANCE, seed=SEED,
                             scheduler="lms", height=SIZE, width=SIZE)
+    text = conditioning(parts, parse(params))  # Conditioning(cond, uncond, tokens)
+    assert torch.equal(text.cond, text_states) and torch.equal(text.uncond, uncond_states)
     plain = generate(parts, params)
     assert torch.equal(plain.latents, latents), "the loop by hand and generate() differ"
     print("hand-written loop == generate():", torch.equal(plain.latents, latents))
@@ -460,15 +471,17 @@ md("""
 """)
 
 code("""
-    from sdlab.surgery import TextEdits, prompt_states, resolve_swaps
+    from sdlab.recipe import parse_swap
+    from sdlab.surgery import prompt_states, prompt_tokens, resolve_swap
 
     blue_id = parts.tokenizer.convert_tokens_to_ids("blue</w>")
     edited = tok_embeds.clone()
     edited[0, ids == red_id] = tok_table[blue_id]
     swapped_states = encode_embeddings(parts, edited, ids[None])
 
-    swaps = resolve_swaps(parts, TextEdits(swap=("red=blue",)))
-    assert torch.allclose(prompt_states(parts, prompt, swaps), swapped_states, atol=1e-6)
+    swaps = [resolve_swap(parts, parse_swap("red=blue"))]  # [(red's id, blue's id)]
+    assert torch.allclose(prompt_states(parts, prompt_tokens(parts, prompt), swaps),
+                          swapped_states, atol=1e-6)
 
     swapped = generate(parts, GenerateParams(prompt, steps=STEPS, guidance=GUIDANCE, seed=SEED,
                                              height=SIZE, width=SIZE, swap=("red=blue",)))
@@ -488,15 +501,14 @@ md("""
 """)
 
 code("""
-    from sdlab.surgery import conditioning
-
     a, b = "a red circle on a white background", "a blue square on a white background"
     mix = (f"{a}:0.5", f"{b}:0.5")
-    mixed_cond = conditioning(parts, "", "", 1, GUIDANCE, TextEdits(mix=mix))[1:]
+    mix_params = GenerateParams("", steps=STEPS, guidance=GUIDANCE, seed=SEED,
+                                height=SIZE, width=SIZE, mix=mix)
+    mixed_cond = conditioning(parts, parse(mix_params)).cond
     assert torch.allclose(mixed_cond, 0.5 * encode(parts, [a]) + 0.5 * encode(parts, [b]),
                           atol=1e-6)
-    mixed = generate(parts, GenerateParams("", steps=STEPS, guidance=GUIDANCE, seed=SEED,
-                                           height=SIZE, width=SIZE, mix=mix))
+    mixed = generate(parts, mix_params)
     show(mixed.images[0])
 """)
 
@@ -523,29 +535,32 @@ md("""
     ## 8. The UNet, step by step
 
     Given noisy `latents` at level `sigma` (timestep `t`) and the text states, the UNet
-    predicts the noise. Subtracting all of it gives the predicted clean latents,
+    predicts the noise `eps`. Subtracting all of it gives the predicted clean latents,
     `x0_pred = latents - sigma * eps`; the scheduler only moves part of the way there, then
-    asks again. `sdlab.sampler.predict` does one such evaluation (with classifier-free
-    guidance) and returns a `StepRecord`: `i`, `t`, `sigma`, `latents`, `eps_uncond`,
-    `eps_cond`, `eps`, `x0_pred`.
+    asks again. `sdlab.sampler.predict` does one such evaluation of a denoiser — here the
+    UNet wrapped with classifier-free guidance, `CFGDenoiser` — and returns a `StepRecord`:
+    `i`, `t`, `sigma`, `latents`, `pred_uncond`, `pred_cond`, `pred`, `x0_pred`. For an
+    epsilon model like this one, `pred` is `eps`.
 """)
 
 code("""
+    from sdlab.denoisers import CFGDenoiser
     from sdlab.sampler import predict
 
     scheduler = make_scheduler("lms", parts.scheduler_config)
     scheduler.set_timesteps(STEPS)
     start = initial_noise(shape, torch.Generator("cpu").manual_seed(SEED), parts.device,
                           parts.dtype) * scheduler.init_noise_sigma
-    record = predict(parts.unet, scheduler, start, cond, GUIDANCE, 0, scheduler.timesteps[0],
+    model = CFGDenoiser(parts.unet, uncond_states, text_states, GUIDANCE)
+    record = predict(model, scheduler, start, 0, scheduler.timesteps[0],
                      parts.prediction_type)
-    if parts.prediction_type == "epsilon":
-        assert torch.allclose(record.x0_pred, record.latents - record.sigma * record.eps,
+    if parts.prediction_type == "epsilon":  # pred is eps
+        assert torch.allclose(record.x0_pred, record.latents - record.sigma * record.pred,
                               atol=1e-4)
     assert torch.allclose(
-        record.eps, record.eps_uncond + GUIDANCE * (record.eps_cond - record.eps_uncond))
+        record.pred, record.pred_uncond + GUIDANCE * (record.pred_cond - record.pred_uncond))
     print(f"i={record.i} t={float(record.t):.1f} sigma={float(record.sigma):.3f}")
-    for name in ("latents", "eps_uncond", "eps_cond", "eps", "x0_pred"):
+    for name in ("latents", "pred_uncond", "pred_cond", "pred", "x0_pred"):
         print(f"  {name:10s} std {float(getattr(record, name).std()):7.3f}")
     show(*to_pil(decode(parts, torch.cat([record.latents, record.x0_pred]))))
 """)
@@ -553,6 +568,8 @@ code("""
 md("""
     **The progression.** The loop itself is `sdlab.sampler.denoise`, a generator of one
     `StepRecord` per step; callbacks see each record before the scheduler step.
+    `generate_steps(parts, params, callbacks)` yields a recipe's records (`generate` keeps
+    only the last, and decodes it).
     `VideoFrames` is such a callback: it decodes the current `latents` (left) and the
     `x0_pred` (right) of every step — the deep dive's video — and `write_video` writes the
     MP4. In the deep dive the left side stays noisy until the last steps (the scheduler
@@ -560,32 +577,33 @@ md("""
 """)
 
 code("""
+    from sdlab.generate import generate_steps
     from sdlab.preview import decoder_for
     from sdlab.trace import VideoFrames, to_trace, write_video
     from sdlab.viz import trace_plots
 
     video = VideoFrames(decoder_for(parts, "full"))  # "approx": a cheap linear preview
-    traced = generate(parts, params, callbacks=[video], keep_records=True)
-    assert torch.equal(traced.latents, plain.latents)  # watching changes nothing
+    records = list(generate_steps(parts, params, [video]))
+    assert torch.equal(records[-1].next_latents, plain.latents)  # watching changes nothing
 
     mp4 = write_video(video.frames, WORK / "progression.mp4", fps=6)
     print(f"{len(video.frames)} frames -> {mp4} ({mp4.stat().st_size // 1024} KB)")
     display(Video(str(mp4), embed=True, width=2 * SIZE * 3,
                   html_attributes="controls loop autoplay muted"))
     # every few steps: latents (top) and x0_pred (bottom), decoded
-    picks = [r for r in traced.records if r.i % (STEPS // 5) == 0] + [traced.records[-1]]
+    picks = [r for r in records if r.i % (STEPS // 5) == 0] + [records[-1]]
     grid(to_pil(decode(parts, torch.cat([r.latents for r in picks]))),
          to_pil(decode(parts, torch.cat([r.x0_pred for r in picks]))))
 """)
 
 md("""
     The records as numbers: `to_trace` stacks them (`sdlab generate --trace FILE` saves
-    the same to a file), and `trace_plots` draws `sigma` and the spread of `latents` and `x0_pred` per
-    step.
+    the same to a file), and `trace_plots` draws `sigma` and the spread of `latents` and
+    `x0_pred` per step.
 """)
 
 code("""
-    trace = to_trace(traced.records, {"prompt": prompt})
+    trace = to_trace(records, {"prompt": prompt})
     print({k: tuple(v.shape) for k, v in trace.tensors.items()})
     for path in trace_plots(trace, WORK):
         display(PNG(filename=path))
