@@ -40,7 +40,8 @@ def test_generate_writes_png_with_recipe_and_reruns_exactly(tiny_folder: Path,
                               "scheduler": "euler", "height": 64, "width": 64, "batch": 1,
                               "swap": [], "mix": [], "embedding": [], "token": [],
                               "guide": [], "guide_every": 5, "guide_decoder": "full",
-                              "clip_model": None}
+                              "clip_model": None, "cfg_until": 1.0, "cache_interval": 1,
+                              "cache_branch": 0}
     assert meta["model"] == str(tiny_folder.resolve())
     assert len(meta["weights_hash"]) == 16 and meta["sdlab_version"]
     rerun = tmp_path / "again.png"

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from sdlab.cache import FAST
 from sdlab.cli_common import DEVICES, guard, model_option
 from sdlab.cli_text import text_edit_options
 from sdlab.models import default_model, load
@@ -19,6 +20,14 @@ from sdlab.trace import load_trace, progression_frame, write_video
 from sdlab.viz import trace_plots
 
 DEFAULTS = defaults()
+FAST_HELP = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in FAST.items())
+
+
+def _fast_preset(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """--fast: the preset's values become the defaults of the options it sets, so the
+    recipe records them (and options given on the command line still win)."""
+    if value:
+        ctx.default_map = {**(ctx.default_map or {}), **FAST}
 
 
 def _apply(fn: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
@@ -41,6 +50,21 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True,
                      help="The loss sees the full VAE decode or the cheap linear preview."),
         click.option("--clip-model", help="CLIP for clip: guides (default: the model's own)."),
+        click.option("--cfg-until", type=float, default=DEFAULTS["cfg_until"],
+                     show_default=True,
+                     help="Guidance truncation: the share of the steps that run the "
+                          "unconditional pass; after it, guidance 1 (one UNet batch)."),
+        click.option("--cache-interval", type=int, default=DEFAULTS["cache_interval"],
+                     show_default=True,
+                     help="Step caching: the full UNet every N evaluations, its shallow "
+                          "path only between (1 = off)."),
+        click.option("--cache-branch", type=int, default=DEFAULTS["cache_branch"],
+                     show_default=True,
+                     help="Step caching: the skip connection the deep features are kept at "
+                          "(0 = the shallowest, fastest)."),
+        click.option("--fast", is_flag=True, is_eager=True, expose_value=False,
+                     callback=_fast_preset,
+                     help="The speed preset: " + FAST_HELP + " (options given override it)."),
         click.option("--video", type=click.Path(dir_okay=False),
                      help="MP4 of the progression: latents | predicted x0, one frame a step."),
         click.option("--video-decoder", type=click.Choice(DECODERS), default="approx",

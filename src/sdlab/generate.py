@@ -15,6 +15,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from sdlab import vae
+from sdlab.cache import StepCache
 from sdlab.denoisers import CFGDenoiser, CondDenoiser, Denoiser
 from sdlab.guidance import LossGuidance, loss_for
 from sdlab.limits import check_pixels
@@ -75,7 +76,8 @@ def prepare(parts: Parts, settings: Recipe | GenerateParams) -> Run:
              recipe.params.width // parts.vae_scale_factor)
     latents = initial_noise(shape, generator, parts.device, parts.dtype)
     latents = latents * scheduler.init_noise_sigma
-    return Run(recipe, denoiser(parts, text, p.guidance), scheduler, latents, generator, text,
+    model = denoiser(parts, text, p, len(scheduler.timesteps))
+    return Run(recipe, model, scheduler, latents, generator, text,
                guide_callbacks(parts, recipe))
 
 
@@ -89,11 +91,18 @@ def setup(parts: Parts, recipe: Recipe
     return text, scheduler, generator
 
 
-def denoiser(parts: Parts, text: Conditioning, guidance: float) -> Denoiser:
-    """The UNet, wrapped with classifier-free guidance when there is an unconditional pass."""
+def denoiser(parts: Parts, text: Conditioning, params: GenerateParams,
+             evaluations: int) -> Denoiser:
+    """The UNet (with step caching when the recipe asks), wrapped with classifier-free
+    guidance when there is an unconditional pass -- on the first `cfg_until` share of the
+    schedule's `evaluations` (len(scheduler.timesteps)) only."""
+    unet = parts.unet
+    if params.cache_interval > 1:
+        unet = StepCache(unet, params.cache_interval, params.cache_branch)
     if text.uncond is None:
-        return CondDenoiser(parts.unet, text.cond)
-    return CFGDenoiser(parts.unet, text.uncond, text.cond, guidance)
+        return CondDenoiser(unet, text.cond)
+    cfg_steps = None if params.cfg_until >= 1 else round(params.cfg_until * evaluations)
+    return CFGDenoiser(unet, text.uncond, text.cond, params.guidance, cfg_steps)
 
 
 def generate_steps(parts: Parts, settings: Recipe | GenerateParams,

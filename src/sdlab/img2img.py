@@ -36,8 +36,9 @@ def prepare_img2img(parts: Parts, settings: Recipe | Img2ImgParams, image: Image
     noise = torch.randn(init.shape, generator=generator, dtype=parts.dtype).to(parts.device)
     t_start = scheduler.timesteps[start : start + 1].repeat(params.batch)
     latents = scheduler.add_noise(init, noise, t_start)
-    return Run(recipe, denoiser(parts, text, params.guidance), scheduler, latents, generator,
-               text, guide_callbacks(parts, recipe), start)
+    model = denoiser(parts, text, params, len(scheduler.timesteps))
+    return Run(recipe, model, scheduler, latents, generator, text,
+               guide_callbacks(parts, recipe), start)
 
 
 def img2img(parts: Parts, settings: Recipe | Img2ImgParams, image: Image.Image,
