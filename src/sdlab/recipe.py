@@ -207,12 +207,6 @@ def _check_numbers(params: GenerateParams, limits: Limits) -> None:
                          f"(got {cfg_until:g})")
     _whole("--cache-interval", params.cache_interval, 1, limits.max_steps)
     _whole("--cache-branch", params.cache_branch, 0, 16)
-    cfg_until = _finite("--cfg-until", params.cfg_until)
-    if not 0 <= cfg_until <= 1:
-        raise SdlabError(f"--cfg-until must be in 0..1, the share of the steps with guidance "
-                         f"(got {cfg_until:g})")
-    _whole("--cache-interval", params.cache_interval, 1, limits.max_steps)
-    _whole("--cache-branch", params.cache_branch, 0, 16)
     if params.guide_decoder not in DECODERS:
         raise SdlabError(f"--guide-decoder must be one of {', '.join(DECODERS)} "
                          f"(got {params.guide_decoder!r})")
