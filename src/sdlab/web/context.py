@@ -28,15 +28,17 @@ class Context:
     workspace: Workspace
     limits: Limits
     gate: ModelGate
-    stops: dict[str, threading.Event] = field(default_factory=dict)  # session -> Stop
+    runs: dict[str, set[threading.Event]] = field(default_factory=dict)  # session -> stops
 
     @classmethod
     def create(cls, model: str, limits: Limits) -> Context:
         parts, ref = service.load_model(model)
         return cls(parts, ref, Workspace.create(), limits, ModelGate(limits.waiting))
 
-    def stop_event(self, session: str) -> threading.Event:
-        return self.stops.setdefault(session, threading.Event())
+    def stop(self, session: str) -> None:
+        """Stop every run of a session at its next step."""
+        for event in list(self.runs.get(session, ())):
+            event.set()
 
 
 def one_line(err: BaseException) -> str:
@@ -99,8 +101,8 @@ def stream_run(ctx: Context, session: str, recipe: service.Recipe, video: bool =
                ) -> Iterator[tuple[str, Any]]:
     """Run in a worker that holds the model; yield ("step", (i, done, total, sigma, preview)) per
     step and ("done", RunOutputs) at the end. Stop (or the page going away) ends the run."""
-    stop = ctx.stop_event(session)
-    stop.clear()
+    stop = threading.Event()
+    ctx.runs.setdefault(session, set()).add(stop)
     out: queue.Queue = queue.Queue()
     folder = ctx.workspace.request_folder()
 
@@ -125,3 +127,4 @@ def stream_run(ctx: Context, session: str, recipe: service.Recipe, video: bool =
                 return
     finally:
         stop.set()  # a no-op after the end; ends the run if the page went away
+        ctx.runs.get(session, set()).discard(stop)

@@ -14,7 +14,7 @@ from sdlab.web.context import Context, shown
 from sdlab.web.panel import build_panel, picture, stream_panel
 from sdlab.web.plots import curves
 from sdlab.web.run_views import DECODER_CHOICES, settings_row, stop_button
-from sdlab.web.serving import EMBEDDING_SUFFIXES, check_embedding_file, check_image
+from sdlab.web.serving import EMBEDDING_SUFFIXES, check_embedding_file, check_image, upload_box
 
 GUIDES = ["blue", "contrast", "color", "clip"]
 COLOR_NAMES = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple"]
@@ -100,8 +100,7 @@ def text_edits(ctx: Context, prompt: str, swap_old: str, swap_new: str, mix_prom
 
 
 def img2img_tab(ctx: Context, steps_state: gr.State) -> None:
-    image = gr.Image(label="Start image (PNG or JPEG)", type="filepath", sources=["upload"],
-                     elem_id="i2i-image", height=256)
+    image = upload_box("Start image (PNG or JPEG)", "i2i-image")
     prompt = gr.Textbox(label="Prompt", value="a blue circle on a white background",
                         elem_id="i2i-prompt")
     with gr.Row():

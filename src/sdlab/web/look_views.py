@@ -12,12 +12,11 @@ from sdlab.web import service
 from sdlab.web.context import Context, shown
 from sdlab.web.panel import picture
 from sdlab.web.plots import schedule
-from sdlab.web.serving import check_image
+from sdlab.web.serving import check_image, upload_box
 
 
 def vae_tab(ctx: Context) -> None:
-    image = gr.Image(label="Image (PNG or JPEG)", type="filepath", sources=["upload"],
-                     elem_id="vae-image", height=256)
+    image = upload_box("Image (PNG or JPEG)", "vae-image")
     run = gr.Button("Encode and decode", variant="primary", elem_id="vae-run")
     facts = gr.Markdown(elem_id="vae-facts")
     with gr.Row():
@@ -49,8 +48,7 @@ def schedule_tab(ctx: Context) -> None:
         plot = picture("sigma and t per step", "sched-plot")
     gr.Markdown("An image noised to step k with the scheduler's `add_noise`:")
     with gr.Row():
-        image = gr.Image(label="Image (PNG or JPEG)", type="filepath", sources=["upload"],
-                         elem_id="sched-image", height=256)
+        image = upload_box("Image (PNG or JPEG)", "sched-image")
         noised = picture("Noised to step k (decoded)", "sched-noised")
     with gr.Row():
         step = gr.Slider(0, 99, value=5, step=1, label="Step k", elem_id="sched-step")

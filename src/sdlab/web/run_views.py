@@ -66,7 +66,7 @@ def stop_button(ctx: Context, stop: gr.Button) -> None:
     """Stop ends the session's run at its next step (the result so far is shown)."""
 
     def on_stop(request: gr.Request) -> None:
-        ctx.stop_event(request.session_hash).set()
+        ctx.stop(request.session_hash)
 
     stop.click(on_stop, None, None, queue=False, api_name=False)
 

@@ -10,12 +10,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from sdlab.errors import SdlabError
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 EMBEDDING_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
@@ -95,6 +97,15 @@ class Workspace:
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def upload_box(label: str, elem_id: str) -> Any:
+    """An image upload that reaches sdlab's checks as a path (Gradio's image box would
+    decode it first, with its own error)."""
+    import gradio as gr
+
+    return gr.File(label=label, file_types=list(IMAGE_SUFFIXES), type="filepath",
+                   elem_id=elem_id, height=120)
 
 
 def check_image(path: Path, limits: Limits) -> Image.Image:

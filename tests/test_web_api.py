@@ -1,0 +1,108 @@
+# ruff: noqa: F811 - pytest fixtures imported from web_fixtures are redefined as arguments
+"""`sdlab serve` through its API (gradio_client): simultaneous requests never see each
+other's settings, the wait for the model is bounded with a clear answer past it, uploads are
+checked, and a failing request leaves the server serving."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from web_fixtures import WAITING, Server, web_server  # noqa: F401 - fixtures
+
+PROMPT = "a red circle on a white background"
+SWAPS = [("red", "blue"), ("red", "green"), ("circle", "square")]
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def client(web_server: Server) -> Client:
+    return Client(web_server.url, verbose=False)
+
+
+def text_edit(old: str, new: str) -> tuple:
+    return (PROMPT, old, new, "", 0.5, None, "", STEPS, 7.5, 32, "lms")
+
+
+def pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def wait_until(condition, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise TimeoutError("the server never reached the expected state")
+        time.sleep(0.01)
+
+
+def test_simultaneous_swaps_equal_each_run_alone(client: Client) -> None:
+    jobs = [client.submit(*text_edit(old, new), api_name="/text_edit") for old, new in SWAPS]
+    together = [job.result(timeout=120) for job in jobs]
+    for (old, new), (plain, edited, said) in zip(SWAPS, together, strict=True):
+        alone_plain, alone_edited, _ = client.predict(*text_edit(old, new),
+                                                      api_name="/text_edit")
+        assert f"{old}={new}" in said
+        assert np.array_equal(pixels(edited), pixels(alone_edited))
+        assert np.array_equal(pixels(plain), pixels(alone_plain))
+        assert not np.array_equal(pixels(edited), pixels(plain))
+    edited = [pixels(result[1]) for result in together]
+    assert not np.array_equal(edited[0], edited[1])  # blue and green differ
+
+
+def generate(client: Client, steps: int) -> Future:
+    return client.submit(PROMPT, "", steps, 7.5, 32, "lms", 64, 64, 1, api_name="/generate")
+
+
+def test_past_the_bound_the_answer_is_busy(client: Client, web_server: Server) -> None:
+    gate = web_server.ctx.gate
+    long_run = generate(client, 150)
+    wait_until(lambda: gate.running == 1)
+    waiting = [generate(client, 2) for _ in range(WAITING)]
+    wait_until(lambda: gate.waiting == WAITING)
+    with pytest.raises(AppError, match=f"busy: one run in progress and {WAITING} waiting"):
+        generate(client, 2).result(timeout=120)
+    for job in [long_run, *waiting]:  # those admitted all finish
+        assert job.result(timeout=300)[-1].startswith("done")
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("broken.png", b"not an image", "not a readable image"),
+    ("notes.txt", b"not an image", "Invalid file type"),
+    ("huge.png", None, "pixels; the limit is"),
+])
+def test_uploads_are_checked(client: Client, tmp_path: Path, name: str, content: bytes | None,
+                             message: str) -> None:
+    path = tmp_path / name
+    if content is None:  # a PNG whose pixel count is over the limit, small in bytes
+        Image.new("1", (5000, 4000)).save(path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(path)), api_name="/vae")
+
+
+def test_a_path_the_request_names_is_not_read(web_server: Server, tmp_path: Path) -> None:
+    """A request that names a file on the server (rather than uploading one) is refused."""
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (64, 64), "red").save(outside)
+    url = f"{web_server.url}gradio_api/call/vae"
+    data = {"data": [{"path": str(outside), "meta": {"_type": "gradio.FileData"}}]}
+    event = httpx.post(url, json=data, timeout=30).json()["event_id"]
+    answer = httpx.get(f"{url}/{event}", timeout=60).text
+    assert "event: error" in answer and "PSNR" not in answer
+
+
+def test_a_failing_request_leaves_the_server_serving(client: Client) -> None:
+    with pytest.raises(AppError, match="multiple of the VAE factor"):
+        client.predict(PROMPT, "", 5, 7.5, 32, "lms", 60, 64, 1, api_name="/generate")
+    result = client.predict(PROMPT, "", 3, 7.5, 32, "lms", 64, 64, 1, api_name="/generate")
+    assert result[-1].startswith("done: 3 steps")
