@@ -32,11 +32,12 @@ from typing import Any, Protocol
 from PIL import Image
 
 from sdlab.errors import SdlabError
-from sdlab.generate import GenerateParams, check_params, generate
-from sdlab.models import BUNDLED_DIR, Parts, load, read_configs, resolve, scale_factor
+from sdlab.models import BUNDLED_DIR, Parts, folder_scale_factor, load, read_configs, resolve
 from sdlab.models import weights_hash as folder_weights_hash
-from sdlab.outputs import atomic_write, check_writable, recipe, save_png
-from sdlab.surgery import TextEdits, conditioning
+from sdlab.outputs import atomic_write, check_writable, recipe_meta, save_png
+from sdlab.recipe import GenerateParams, Recipe, parse
+from sdlab.run import check_for_model, execute
+from sdlab.surgery import conditioning
 
 MAX_CELLS = 10_000
 MAX_PROMPTS = 1_000
@@ -214,28 +215,27 @@ def plan(sweep: Sweep, folder: Path) -> list[Cell]:
     """Every cell of the sweep, checked (one-line SdlabError naming the axis and value)
     before any cell runs, with the model's native size filled in and its hash."""
     configs = read_configs(folder)
-    factor = scale_factor(configs["vae"])
-    native = int(configs["unet"]["sample_size"]) * factor
-    _check_axes(sweep, factor)
+    native = int(configs["unet"]["sample_size"]) * folder_scale_factor(folder)
+    _check_axes(sweep, folder)
     digest = folder_weights_hash(folder)
     cells = []
     for combo in itertools.product(*(zip(a.values, a.labels, strict=True) for a in sweep.axes)):
         changes = {a.name: value for a, (value, _) in zip(sweep.axes, combo, strict=True)}
         params = replace(sweep.base, **changes, batch=1)
         params = replace(params, height=params.height or native, width=params.width or native)
-        check_params(params, factor)
+        check_for_model(parse(params), folder)
         coords = tuple((a.name, label) for a, (_, label) in zip(sweep.axes, combo, strict=True))
         cells.append(Cell(params, cell_key(params, digest), coords))
     return cells
 
 
-def _check_axes(sweep: Sweep, factor: int) -> None:
+def _check_axes(sweep: Sweep, folder: Path) -> None:
     """Each axis value on the base recipe alone, so a bad one is named."""
     base = replace(sweep.base, prompt=sweep.axes[0].values[0] if sweep.axes else "")
     for axis in sweep.axes:
         for value, label in zip(axis.values, axis.labels, strict=True):
             try:
-                check_params(replace(base, **{axis.name: value}), factor)
+                check_for_model(parse(replace(base, **{axis.name: value})), folder)
             except SdlabError as err:
                 raise SdlabError(f"--axis {axis.name}={label}: {err}") from None
 
@@ -253,12 +253,12 @@ def check_text_edits(parts: Parts, cells: Iterable[Cell]) -> None:
     seen = set()
     for cell in cells:
         p = cell.params
-        combo = (p.prompt, p.negative, p.guidance != 1, TextEdits.of(p))
+        combo = (p.prompt, p.negative, p.guidance != 1, p.swap, p.mix, p.embedding, p.token)
         if combo in seen:
             continue
         seen.add(combo)
         try:
-            conditioning(parts, p.prompt, p.negative, 1, p.guidance, TextEdits.of(p))
+            conditioning(parts, parse(p))
         except SdlabError as err:
             where = ", ".join(f"{k}={v}" for k, v in cell.coords if k != "seed")
             raise SdlabError(f"cell {where}: {err}") from None
@@ -267,9 +267,11 @@ def check_text_edits(parts: Parts, cells: Iterable[Cell]) -> None:
 # --- running a cell ----------------------------------------------------------------------
 
 
-def render(parts: Parts, params: GenerateParams) -> Image.Image:
-    """The one place a cell is run: its recipe through the text-to-image pipeline."""
-    return generate(parts, params).images[0]
+def render(parts: Parts, recipe: Recipe | GenerateParams) -> Image.Image:
+    """The one place a cell is run: its recipe through the run service (the PNG is written
+    by the sweep's driver, so Ray workers need no shared disk)."""
+    return execute(parts, recipe if isinstance(recipe, Recipe) else parse(recipe)
+                   ).generation.images[0]
 
 
 class Runner(Protocol):
@@ -444,7 +446,7 @@ def run_sweep(sweep: Sweep, out: str | Path, model: str, *,
 
 
 def _meta_writer(model_ref: str, folder: Path) -> Callable[[GenerateParams], dict[str, Any]]:
-    base = recipe(model_ref, folder, {})
+    base = recipe_meta(model_ref, folder, {})
     return lambda params: {**base, "params": params.to_dict(), "index": 0}
 
 

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from sdlab.errors import SdlabError
-from sdlab.generate import GenerateParams
 from sdlab.models import load, weights_hash
+from sdlab.recipe import params_from_dict, parse
 from sdlab.sweep import Cell, render
 
 MAX_ATTEMPTS = 3  # runs of one cell whose actor died, before the sweep gives up
@@ -55,7 +55,7 @@ class CellWorker:
 
     def run(self, params: dict[str, Any]) -> tuple[np.ndarray, float]:
         start = time.perf_counter()
-        image = render(self.parts, GenerateParams(**params))
+        image = render(self.parts, parse(params_from_dict(params, "a sweep cell")))
         return np.asarray(image.convert("RGB")), time.perf_counter() - start
 
 
@@ -106,7 +106,8 @@ class RayRunner:
 
         queue = deque(cells)
         attempts: dict[str, int] = {}
-        self.actors = [self._start_actor() for _ in range(min(self.workers, len(cells)))]
+        wanted = min(self.workers, len(cells))  # actors of an earlier call are kept
+        self.actors += [self._start_actor() for _ in range(wanted - len(self.actors))]
         idle = list(self.actors)
         pending: dict[Any, tuple[Any, Cell]] = {}
         while queue or pending:
