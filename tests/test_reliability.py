@@ -243,3 +243,18 @@ def test_train_tiny_refuses_a_folder_of_other_files(tmp_path: Path) -> None:
     assert "not empty and holds no model" in result.output
     assert (mine / "unet" / "notes.txt").read_text() == "keep me"
     assert not (tmp_path / "w").exists()
+
+
+def test_a_full_disk_at_the_trace_keeps_the_image(tiny_folder: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("sdlab.trace.save_file", no_space)
+    result = run("generate", "a cat", "--model", str(tiny_folder), "--steps", "2", "--out",
+                 str(tmp_path / "a.png"), "--trace", str(tmp_path / "t.safetensors"), "--quiet")
+    one_line_error(result, "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # the image, whole
+    assert read_png_meta(tmp_path / "a.png")["params"]["prompt"] == "a cat"
