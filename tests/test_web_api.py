@@ -64,14 +64,17 @@ def generate(client: Client, steps: int) -> Future:
 
 def test_past_the_bound_the_answer_is_busy(client: Client, web_server: Server) -> None:
     gate = web_server.ctx.gate
-    long_run = generate(client, 150)
+    other = Client(web_server.url, verbose=False)  # another visitor, with a long run
+    long_run = generate(other, 150)
     wait_until(lambda: gate.running == 1)
     waiting = [generate(client, 2) for _ in range(WAITING)]
     wait_until(lambda: gate.waiting == WAITING)
     with pytest.raises(AppError, match=f"busy: one run in progress and {WAITING} waiting"):
         generate(client, 2).result(timeout=120)
-    for job in [long_run, *waiting]:  # those admitted all finish
-        assert job.result(timeout=300)[-1].startswith("done")
+    web_server.ctx.stop(other.session_hash)  # what the other visitor's Stop button does
+    assert long_run.result(timeout=120)[-1].startswith("stopped after")
+    for job in waiting:  # those admitted all run
+        assert job.result(timeout=120)[-1].startswith("done: 2 steps")
 
 
 @pytest.mark.parametrize(("name", "content", "message"), [
