@@ -13,6 +13,7 @@ from click.core import ParameterSource
 from tqdm.auto import tqdm
 
 import sdlab
+from sdlab.cli_bench import bench_cmd
 from sdlab.cli_common import guard as _guard
 from sdlab.cli_common import quiet_libraries
 from sdlab.cli_image import noise_cmd, schedule_cmd, vae_group
@@ -182,6 +183,7 @@ def demo_cmd(out: str, model: str | None) -> None:
 
 
 main.add_command(train_tiny)
+main.add_command(bench_cmd)
 for _command in (vae_group, schedule_cmd, noise_cmd, trace_group):  # cli_image, cli_run
     main.add_command(_command)
 for _command in TEXT_COMMANDS:  # tokens, embed, interpolate (sdlab.cli_text)
