@@ -4,17 +4,20 @@ every request that would leave 127.0.0.1 blocked and recorded."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -38,18 +41,25 @@ class Server:
     ctx: Any  # sdlab.web.context.Context
 
 
-@pytest.fixture(scope="session")
-def web_server() -> Iterator[Server]:
+@contextmanager
+def serving(model: str = "sdlab-tiny", waiting: int = WAITING) -> Iterator[Server]:
+    """`sdlab serve` in this process on a free 127.0.0.1 port, closed afterwards."""
     from sdlab.web.app import launch
     from sdlab.web.serving import Limits
 
     port = free_port()
-    app, ctx = launch("sdlab-tiny", "127.0.0.1", port, Limits(waiting=WAITING), block=False)
+    app, ctx = launch(model, "127.0.0.1", port, Limits(waiting=waiting), block=False)
     try:
         yield Server(f"http://127.0.0.1:{port}/", ctx)
     finally:
         app.close()
         ctx.workspace.close()
+
+
+@pytest.fixture(scope="session")
+def web_server() -> Iterator[Server]:
+    with serving() as server:
+        yield server
 
 
 @dataclass
@@ -83,11 +93,9 @@ def block_outside(context: Any, found: Browser) -> None:
     context.route("**/*", route)
 
 
-@pytest.fixture(scope="module")
-def browser(web_server: Server) -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("browser tests need Debian's Chromium: apt-get install -y chromium "
-                    "(make test does this when run as root)")
+@contextmanager
+def open_page(url: str) -> Iterator[Browser]:
+    """The page at `url` in a fresh headless Chromium, outside requests blocked."""
     from playwright.sync_api import sync_playwright
 
     user_data = Path(tempfile.mkdtemp(prefix="sdlab-chromium-"))
@@ -96,9 +104,67 @@ def browser(web_server: Server) -> Iterator[Browser]:
             context = launch_chromium(playwright, user_data)
             found = Browser(context.new_page())
             block_outside(context, found)
-            found.page.goto(web_server.url)
+            found.page.goto(url)
             found.page.wait_for_selector("#gen-run")
             yield found
             context.close()
     finally:
         shutil.rmtree(user_data, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser(web_server: Server) -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("browser tests need Debian's Chromium: apt-get install -y chromium "
+                    "(make test does this when run as root)")
+    with open_page(web_server.url) as found:
+        yield found
+
+
+# --- what a person does on the page (the tests and scripts/web_screenshots.py) ---------
+
+TIMEOUT = 60_000  # ms: a loaded machine may be slow; the runs take a few seconds
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def shown_images(page, elem_id: str) -> list[str]:
+    """The src of each picture (not an icon) shown in an element."""
+    return page.eval_on_selector_all(
+        f"#{elem_id} img", "els => els.map(e => e.src).filter(s => !s.startsWith('data:'))")
+
+
+def wait_for_image(page, elem_id: str, not_in: tuple[str, ...] = ()) -> str:
+    """Wait until the element shows a picture other than those in `not_in`; its src."""
+    page.wait_for_function(
+        """([id, old]) => [...document.querySelectorAll('#' + id + ' img')]
+               .some(e => !e.src.startsWith('data:') && !old.includes(e.src))""",
+        arg=[elem_id, list(not_in)], timeout=TIMEOUT)
+    return next(s for s in shown_images(page, elem_id) if s not in not_in)
+
+
+def fetch_image(page, src: str) -> Image.Image:
+    return Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB")
+
+
+def fill(page, elem_id: str, value: str, kind: str = "textarea, input") -> None:
+    page.locator(f"#{elem_id}").locator(kind).first.fill(value)
+
+
+def set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def error_text(page) -> str:
+    toast = page.locator(".toast-body").first
+    toast.wait_for(timeout=TIMEOUT)
+    return toast.inner_text()
+
+
+def close_errors(page) -> None:
+    for button in page.locator(".toast-close").all():
+        button.click()

@@ -11,7 +11,7 @@ import gradio as gr
 from sdlab.errors import SdlabError
 from sdlab.web import service
 from sdlab.web.context import Context, shown
-from sdlab.web.panel import build_panel, picture, stream_panel
+from sdlab.web.panel import build_panel, enlarged, picture, stream_panel
 from sdlab.web.plots import curves
 from sdlab.web.run_views import DECODER_CHOICES, settings_row, stop_button
 from sdlab.web.serving import EMBEDDING_SUFFIXES, check_embedding_file, check_image, upload_box
@@ -70,7 +70,8 @@ def text_tab(ctx: Context) -> None:
             right = service.run(ctx.parts, ctx.model_ref, changed,
                                 ctx.workspace.request_folder())
         said = ", ".join(f"{k}: {', '.join(map(str, v))}" for k, v in edits.items())
-        return left.generation.images[0], right.generation.images[0], f"edits: {said}"
+        return (enlarged(left.generation.images[0]), enlarged(right.generation.images[0]),
+                f"edits: {said}")
 
     show.click(on_show, prompt, table, api_name="tokens")
     run.click(on_run, [prompt, swap_old, swap_new, mix_prompt, mix_weight, embedding, token,

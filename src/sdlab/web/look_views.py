@@ -10,7 +10,7 @@ import gradio as gr
 from sdlab.errors import SdlabError
 from sdlab.web import service
 from sdlab.web.context import Context, shown
-from sdlab.web.panel import picture
+from sdlab.web.panel import enlarged, picture
 from sdlab.web.plots import schedule
 from sdlab.web.serving import check_image, upload_box
 
@@ -29,8 +29,9 @@ def vae_tab(ctx: Context) -> None:
         with ctx.gate.turn():
             strip, back, psnr, factor = service.vae_roundtrip(ctx.parts, pic)
         size = f"{pic.width}x{pic.height}"
-        return strip, back, (f"PSNR **{psnr:.2f} dB** · the latents are **{factor:.0f}x** "
-                             f"smaller than the {size} image")
+        facts = (f"PSNR **{psnr:.2f} dB** · the latents are **{factor:.0f}x** smaller than "
+                 f"the {size} image")
+        return enlarged(strip), enlarged(back), facts
 
     run.click(on_run, image, [channels, decoded, facts], concurrency_limit=None,
               api_name="vae")
@@ -65,8 +66,8 @@ def schedule_tab(ctx: Context) -> None:
     def on_noise(image: str | None, scheduler: str, steps: int, k: int, seed: int) -> Any:
         pic = _upload(ctx, image)
         with ctx.gate.turn():
-            return service.noised_to_step(ctx.parts, pic, scheduler, int(steps), int(k),
-                                          int(seed))
+            return enlarged(service.noised_to_step(ctx.parts, pic, scheduler, int(steps),
+                                                   int(k), int(seed)))
 
     show.click(on_show, [scheduler, steps], [table, plot], api_name="schedule")
     noise.click(on_noise, [image, scheduler, steps, step, seed], noised,

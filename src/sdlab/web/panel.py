@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from sdlab.web import service
 from sdlab.web.context import Context, stream_run
@@ -39,6 +40,13 @@ class Panel:
                 self.status]
 
 
+def enlarged(image: Image.Image, side: int = 256) -> Image.Image:
+    """A small picture scaled up by a whole factor (nearest: the pixels stay visible)."""
+    factor = max(1, side // max(image.size))
+    return image.resize((image.width * factor, image.height * factor),
+                        Image.Resampling.NEAREST)
+
+
 def picture(label: str, elem_id: str, height: int = 256) -> gr.Image:
     """An image the page shows (PNG, so what the page holds is what the run made)."""
     return gr.Image(label=label, type="pil", format="png", interactive=False, elem_id=elem_id,
@@ -49,11 +57,12 @@ def build_panel(prefix: str) -> Panel:
     progress = gr.HTML(progress_html(0, 0, None), elem_id=f"{prefix}-progress")
     with gr.Row():
         preview = picture("Live preview (predicted x0)", f"{prefix}-preview")
-        result = gr.Gallery(label="Result", elem_id=f"{prefix}-result", height=256,
-                            columns=2, object_fit="contain", format="png")
+        result = gr.Gallery(label="Result", elem_id=f"{prefix}-result", height=280,
+                            columns=2, object_fit="contain", format="png", preview=False)
     status = gr.Markdown(elem_id=f"{prefix}-status")
     with gr.Accordion("Recipe and downloads", open=True):
-        recipe = gr.JSON(label="Recipe (stored in the PNG)", elem_id=f"{prefix}-recipe")
+        recipe = gr.JSON(label="Recipe (stored in the PNG)", elem_id=f"{prefix}-recipe",
+                         max_height=220)
         with gr.Row():
             png = gr.File(label="PNG with its recipe (sdlab generate --from re-runs it)",
                           elem_id=f"{prefix}-png", file_count="multiple")
@@ -77,7 +86,8 @@ def stream_panel(ctx: Context, session: str, recipe: service.Recipe, panel: Pane
     for kind, value in stream_run(ctx, session, recipe):
         if kind == "step":
             i, done, total, sigma, image = value
-            yield {panel.progress: progress_html(done, total, sigma), panel.preview: image}
+            yield {panel.progress: progress_html(done, total, sigma),
+                   panel.preview: enlarged(image)}
             continue
         outputs: service.RunOutputs = value
         generation = outputs.generation

@@ -9,7 +9,7 @@ import gradio as gr
 
 from sdlab.web import service
 from sdlab.web.context import Context, shown
-from sdlab.web.panel import Panel, RunView, build_panel, picture, stream_panel
+from sdlab.web.panel import Panel, RunView, build_panel, enlarged, picture, stream_panel
 from sdlab.web.plots import curves
 
 DECODER_CHOICES = [("linear preview (cheap)", "approx"), ("full VAE decode", "full")]
@@ -107,6 +107,7 @@ def steps_tab(ctx: Context, steps_state: gr.State) -> None:
                 image = service.frame(ctx.parts, record, decoder)
         else:
             image = service.frame(ctx.parts, record, decoder)
+        image = enlarged(image)
         steps = [r.i for r in view.records]
         sigmas = [float(r.sigma) for r in view.records]
         return image, curves(steps, sigmas, view.losses, record.i), step_facts(record, view)
