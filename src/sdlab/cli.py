@@ -18,6 +18,7 @@ from sdlab.cli_common import guard as _guard
 from sdlab.cli_common import quiet_libraries
 from sdlab.cli_image import noise_cmd, schedule_cmd, vae_group
 from sdlab.cli_run import run_options, trace_group
+from sdlab.cli_serve import serve_cmd
 from sdlab.cli_sweep import sweep_cmd
 from sdlab.cli_text import COMMANDS as TEXT_COMMANDS
 from sdlab.cli_text import text_settings
@@ -186,6 +187,7 @@ def demo_cmd(out: str, model: str | None) -> None:
 main.add_command(train_tiny)
 main.add_command(bench_cmd)
 main.add_command(sweep_cmd)
+main.add_command(serve_cmd)
 for _command in (vae_group, schedule_cmd, noise_cmd, trace_group):  # cli_image, cli_run
     main.add_command(_command)
 for _command in TEXT_COMMANDS:  # tokens, embed, interpolate (sdlab.cli_text)
