@@ -5,6 +5,8 @@ checked, and a failing request leaves the server serving."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -12,11 +14,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from web_fixtures import WAITING, Server, web_server  # noqa: F401 - fixtures
+from sdlab.cli import main
+from web_fixtures import WAITING, Server, free_port, web_server  # noqa: F401 - fixtures
 
 PROMPT = "a red circle on a white background"
 SWAPS = [("red", "blue"), ("red", "green"), ("circle", "square")]
@@ -109,3 +113,30 @@ def test_a_failing_request_leaves_the_server_serving(client: Client) -> None:
         client.predict(PROMPT, "", 5, 7.5, 32, "lms", 60, 64, 1, api_name="/generate")
     result = client.predict(PROMPT, "", 3, 7.5, 32, "lms", 64, 64, 1, api_name="/generate")
     assert result[-1].startswith("done: 3 steps")
+
+
+def test_sdlab_serve_starts_and_serves_the_page() -> None:
+    """The command itself: the bundled model, 127.0.0.1, the page's title."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "sdlab", "serve", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        page = None
+        end = time.monotonic() + 120
+        while page is None and time.monotonic() < end and server.poll() is None:
+            try:
+                page = httpx.get(url, timeout=5)
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert page is not None and page.status_code == 200, server.stdout
+        assert "sdlab: Stable Diffusion, opened up" in page.text
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_sdlab_serve_refuses_a_bad_port() -> None:
+    result = CliRunner().invoke(main, ["serve", "--port", "0"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: --port must be in 1..65535 (got 0)"
