@@ -57,8 +57,8 @@ def build_panel(prefix: str) -> Panel:
     progress = gr.HTML(progress_html(0, 0, None), elem_id=f"{prefix}-progress")
     with gr.Row():
         preview = picture("Live preview (predicted x0)", f"{prefix}-preview")
-        result = gr.Gallery(label="Result", elem_id=f"{prefix}-result", height=280,
-                            columns=2, object_fit="contain", format="png", preview=False)
+        result = gr.Gallery(label="Result", elem_id=f"{prefix}-result", height="auto",
+                            columns=4, object_fit="contain", format="png", preview=False)
     status = gr.Markdown(elem_id=f"{prefix}-status")
     with gr.Accordion("Recipe and downloads", open=True):
         recipe = gr.JSON(label="Recipe (stored in the PNG)", elem_id=f"{prefix}-recipe",
