@@ -2,12 +2,13 @@
 StableDiffusionPipeline on the same model folder, side by side.
 
 Each side runs in its own worker process (so one cannot inflate the other's peak memory)
-that loads the model, warms up with one run, then waits. The parent asks the workers for
-runs in turn -- A, B, A, B ... -- so that a change in the machine's load hits both sides,
-and reports each side's median seconds, the ratio to diffusers, and each process's peak
-resident memory. The sdlab worker also runs the recipe with the speed preset (`--fast`:
-sdlab.cache.FAST) in the same rounds, and measures the UNet's FLOPs per forward
-(torch.utils.flop_counter) and the rate one timed forward achieves.
+that loads the model, warms up with a short run (2 steps), then waits. The parent asks
+the workers for runs in turn -- A, B, A, B ... -- so that a change in the machine's load
+hits both sides, and reports each side's median seconds, the ratio to diffusers, and each
+process's peak resident memory. The sdlab worker also runs the recipe with the speed
+preset (`--fast`: sdlab.cache.FAST) in the same rounds, compares its image with the exact
+run's (PSNR), and measures the UNet's FLOPs per forward (torch.utils.flop_counter) and the
+rate one timed forward achieves.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class BenchResult:
     peak_gpu_mb: dict[str, float] = field(default_factory=dict)
     unet_gflop: float | None = None  # one UNet forward (the CFG batch)
     unet_seconds: float | None = None
+    fast_psnr_db: float | None = None  # the preset's image against the exact run's
 
     def median(self, engine: str) -> float:
         return statistics.median(self.seconds[engine])
@@ -130,6 +132,8 @@ def run_bench(spec: BenchSpec) -> BenchResult:
                 worker = workers["diffusers" if engine == "diffusers" else "sdlab"]
                 answer = worker.ask("fast" if engine == "sdlab-fast" else "run")
                 result.seconds.setdefault(engine, []).append(answer["seconds"])
+        if spec.fast:
+            result.fast_psnr_db = workers["sdlab"].ask("psnr")["psnr_db"]
         if spec.flops:
             answer = workers["sdlab"].ask("flops")
             result.unet_gflop, result.unet_seconds = answer["gflop"], answer["seconds"]
@@ -160,6 +164,8 @@ def table(result: BenchResult) -> str:
     if result.peak_gpu_mb:
         lines.append("peak GPU memory MB: " + ", ".join(
             f"{k} {v:.0f}" for k, v in result.peak_gpu_mb.items()))
+    if result.fast_psnr_db is not None:
+        lines.append(f"sdlab-fast image vs sdlab exact: PSNR {result.fast_psnr_db:.2f} dB")
     if result.unet_gflop is not None and result.unet_seconds:
         lines.append(f"UNet forward (CFG batch): {result.unet_gflop:.1f} GFLOP, "
                      f"{result.unet_seconds:.2f} s, "
@@ -180,10 +186,10 @@ def _worker(engine: str, spec: BenchSpec) -> None:
     if spec.threads:
         torch.set_num_threads(spec.threads)
     runner = _sdlab_runner(spec) if engine == "sdlab" else _diffusers_runner(spec)
-    commands = {"warmup": lambda: {"seconds": _timed(runner["run"], spec.device)},
+    commands = {"warmup": lambda: {"seconds": _timed(runner["warmup"], spec.device)},
                 "run": lambda: {"seconds": _timed(runner["run"], spec.device)},
                 "fast": lambda: {"seconds": _timed(runner["fast"], spec.device)},
-                "flops": runner.get("flops"),
+                "flops": runner.get("flops"), "psnr": runner.get("psnr"),
                 "memory": lambda: _memory(spec.device)}
     for line in sys.stdin:
         command = commands.get(line.strip())
@@ -223,6 +229,18 @@ def _sdlab_runner(spec: BenchSpec) -> dict[str, Any]:
     params = GenerateParams(spec.prompt, steps=spec.steps, guidance=spec.guidance,
                             scheduler=spec.scheduler, height=spec.size, width=spec.size)
     fast = GenerateParams(**{**params.to_dict(), **FAST})
+    warmup = GenerateParams(**{**params.to_dict(), "steps": min(2, spec.steps)})
+    last: dict[str, Any] = {}
+
+    def run(name: str, p: GenerateParams) -> None:
+        last[name] = generate(parts, p).images[0]
+
+    def psnr() -> dict[str, float]:
+        import numpy as np
+
+        a, b = (np.asarray(last[k], dtype=np.float64) for k in ("run", "fast"))
+        mse = float(np.mean((a - b) ** 2))
+        return {"psnr_db": 10 * float(np.log10(255**2 / mse)) if mse else float("inf")}
 
     def flops() -> dict[str, float]:
         from torch.utils.flop_counter import FlopCounterMode
@@ -242,8 +260,8 @@ def _sdlab_runner(spec: BenchSpec) -> dict[str, Any]:
         return {"gflop": counter.get_total_flops() / 1e9, "seconds": _timed(forward,
                                                                              spec.device)}
 
-    return {"run": lambda: generate(parts, params), "fast": lambda: generate(parts, fast),
-            "flops": flops}
+    return {"run": lambda: run("run", params), "fast": lambda: run("fast", fast),
+            "warmup": lambda: generate(parts, warmup), "flops": flops, "psnr": psnr}
 
 
 def _diffusers_runner(spec: BenchSpec) -> dict[str, Any]:
@@ -261,11 +279,11 @@ def _diffusers_runner(spec: BenchSpec) -> dict[str, Any]:
     if spec.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
 
-    def run() -> None:
-        pipe(spec.prompt, height=spec.size, width=spec.size, num_inference_steps=spec.steps,
+    def run(steps: int = spec.steps) -> None:
+        pipe(spec.prompt, height=spec.size, width=spec.size, num_inference_steps=steps,
              guidance_scale=spec.guidance, generator=torch.Generator("cpu").manual_seed(32))
 
-    return {"run": run}
+    return {"run": run, "warmup": lambda: run(min(2, spec.steps))}
 
 
 def main(argv: list[str] | None = None) -> None:
