@@ -29,7 +29,8 @@ def theme() -> gr.themes.Theme:
 
 def build_app(ctx: Context) -> gr.Blocks:
     """Every view over one shared, read-only model."""
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
+    # delete_cache: Gradio's copies of uploads and results go after an hour
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(600, 3600)) as app:
         gr.Markdown(f"## {TITLE}\nModel: `{ctx.model_ref}` — every step of a run, and the "
                     "changes you can make to it.")
         steps_state = gr.State(None)

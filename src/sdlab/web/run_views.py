@@ -112,7 +112,8 @@ def steps_tab(ctx: Context, steps_state: gr.State) -> None:
         sigmas = [float(r.sigma) for r in view.records]
         return image, curves(steps, sigmas, view.losses, record.i), step_facts(record, view)
 
-    steps_state.change(on_run, steps_state, [step, video, trace], api_name=False)
+    steps_state.change(on_run, steps_state, [step, video, trace], api_name=False,
+                       show_progress="hidden")
     for event in (step.change, decoder.change):
         event(on_step, [steps_state, step, decoder], [frame, plot, facts],
               concurrency_limit=None, api_name=False, show_progress="hidden")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -83,7 +84,13 @@ class Workspace:
 
         return cls(root, Path(get_upload_folder()))
 
-    def request_folder(self) -> Path:
+    def request_folder(self, keep_seconds: float = 3600) -> Path:
+        """A fresh folder for one request; those older than `keep_seconds` are removed
+        (the page holds its own copies of what it shows)."""
+        now = time.time()
+        for old in self.root.glob("run-*"):
+            if now - old.stat().st_mtime > keep_seconds:
+                shutil.rmtree(old, ignore_errors=True)
         return Path(tempfile.mkdtemp(prefix="run-", dir=self.root))
 
     def upload(self, path: str | None, what: str) -> Path:
