@@ -18,8 +18,11 @@ from click.testing import CliRunner
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
+from safetensors.torch import save_file
 
 from sdlab.cli import main
+from sdlab.text import token_embedding_table
+from sdlab.tiny.judge import judge
 from web_fixtures import WAITING, Server, free_port, web_server  # noqa: F401 - fixtures
 
 PROMPT = "a red circle on a white background"
@@ -140,3 +143,27 @@ def test_sdlab_serve_refuses_a_bad_port() -> None:
     result = CliRunner().invoke(main, ["serve", "--port", "0"])
     assert result.exit_code == 1
     assert result.output.strip() == "Error: --port must be in 1..65535 (got 0)"
+
+
+def test_a_learned_embedding_upload_takes_its_word(client: Client, web_server: Server,
+                                                   tmp_path: Path) -> None:
+    """A textual-inversion file holding the embedding of "blue" makes <my-colour> blue."""
+    parts = web_server.ctx.parts
+    blue = parts.tokenizer("blue", add_special_tokens=False).input_ids[0]
+    vector = token_embedding_table(parts)[blue].detach().clone()
+    file = tmp_path / "my-colour.safetensors"
+    save_file({"<my-colour>": vector}, str(file))
+    prompt = "a <my-colour> circle on a white background"
+    _, edited, said = client.predict(prompt, "", "", "", 0.5, handle_file(str(file)), "", 20,
+                                     7.5, 32, "lms", api_name="/text_edit")
+    assert "embedding" in said
+    image = Image.open(edited).convert("RGB").resize((64, 64), Image.Resampling.NEAREST)
+    assert judge(image).color == "blue"
+
+
+def test_a_mix_at_weight_zero_is_the_unedited_run(client: Client) -> None:
+    plain, edited, said = client.predict(PROMPT, "", "", "a blue square on a yellow background",
+                                         0.0, None, "", STEPS, 7.5, 32, "lms",
+                                         api_name="/text_edit")
+    assert "mix" in said
+    assert np.array_equal(pixels(plain), pixels(edited))
