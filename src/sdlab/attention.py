@@ -406,9 +406,10 @@ def heat_colours(heat: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: Image.Image, heat: torch.Tensor, alpha: float = 0.5) -> Image.Image:
-    """The image with one map (any grid) laid over it, scaled to its own maximum."""
+    """The image with one map (any grid) laid over it, stretched to its own range (min to
+    max, as DAAM shows maps: a map's shape, not its level, is what one overlay shows)."""
     up = upsample(heat, (image.height, image.width))
-    up = (up / up.max().clamp_min(1e-12)).numpy()
+    up = ((up - up.min()) / (up.max() - up.min()).clamp_min(1e-12)).numpy()
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     mixed = (1 - alpha) * base + alpha * heat_colours(up).astype(np.float32)
     return Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8))
