@@ -35,6 +35,12 @@ class Context:
         parts, ref = service.load_model(model)
         return cls(parts, ref, Workspace.create(), limits, ModelGate(limits.waiting))
 
+    def forget(self, session: str, stop: threading.Event) -> None:
+        runs = self.runs.get(session, set())
+        runs.discard(stop)
+        if not runs:
+            self.runs.pop(session, None)
+
     def stop(self, session: str) -> None:
         """Stop every run of a session at its next step."""
         for event in list(self.runs.get(session, ())):
@@ -90,7 +96,7 @@ class Preview:
         self.total, self.done = total, 0
 
     def __call__(self, record: service.StepRecord) -> None:
-        if self.stop.is_set():
+        if self.stop.is_set() and self.done:  # one step at least: a run has something to show
             raise service.StopSampling
         image = service.preview_image(self.ctx.parts, record.x0_pred)
         self.done += 1
@@ -127,4 +133,4 @@ def stream_run(ctx: Context, session: str, recipe: service.Recipe, video: bool =
                 return
     finally:
         stop.set()  # a no-op after the end; ends the run if the page went away
-        ctx.runs.get(session, set()).discard(stop)
+        ctx.forget(session, stop)
