@@ -9,12 +9,15 @@ import os
 import pickle
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from sdlab.outputs import read_png_meta
 from sdlab.tiny.judge import judge
 from sdlab.web.service import schedule_rows
 from web_fixtures import (  # noqa: F401 - browser, web_server: fixtures
+    CHROMIUM,
+    NO_CHROMIUM,
     TIMEOUT,
     Browser,
     Server,
@@ -29,6 +32,9 @@ from web_fixtures import (  # noqa: F401 - browser, web_server: fixtures
     wait_for_image,
     web_server,
 )
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(NO_CHROMIUM, allow_module_level=True)
 
 
 def test_generate_shows_preview_result_and_recipe(browser: Browser) -> None:

@@ -26,6 +26,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
 LOCAL_HOSTS = ("127.0.0.1",)
+NO_CHROMIUM = ("browser tests need Debian's Chromium at /usr/bin/chromium: apt-get install -y "
+               "chromium (make test does this when run as root)")
 WAITING = 2  # the test server's bound on requests waiting for the model
 
 
@@ -114,9 +116,6 @@ def open_page(url: str) -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def browser(web_server: Server) -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("browser tests need Debian's Chromium: apt-get install -y chromium "
-                    "(make test does this when run as root)")
     with open_page(web_server.url) as found:
         yield found
 
