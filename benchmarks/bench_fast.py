@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +34,10 @@ SETTINGS = {
     "cache3": {"cache_interval": 3, "cache_branch": 0},
     "cache2": {"cache_interval": 2, "cache_branch": 0},
     "cfg_until_0.5": {"cfg_until": 0.5},
+    "cache4": {"cache_interval": 4, "cache_branch": 0},
+    "cache5": {"cache_interval": 5, "cache_branch": 0},
+    "cache3_cfg0.8": {"cache_interval": 3, "cache_branch": 0, "cfg_until": 0.8},
+    "cfg_until_0.8": {"cfg_until": 0.8},
     "fast": FAST,
 }
 
@@ -50,18 +55,24 @@ def batched(parts: Parts, params: list[GenerateParams]) -> list[np.ndarray]:
     return [np.asarray(im) for im in vae.to_pil(vae.decode(parts, last.next_latents))]
 
 
-def quality(n: int, names: list[str], batch: int = 25) -> dict:
+def quality(n: int, names: list[str], batch: int = 25, exact_file: str | None = None) -> dict:
     parts = load("sdlab-tiny")
     prompts = benchmark_prompts(n)
     images: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, float] = {}
+    if exact_file and Path(exact_file).is_file():  # the exact run's images, kept from before
+        images["exact"] = list(np.load(exact_file)["images"])
     for name in names:
+        if name in images:
+            continue
         start = time.perf_counter()
         params = [GenerateParams(p.text, steps=30, guidance=7.5, seed=p.seed, scheduler="lms",
                                  **SETTINGS[name]) for p in prompts]
         images[name] = [im for k in range(0, n, batch) for im in batched(parts,
                                                                         params[k:k + batch])]
         seconds[name] = time.perf_counter() - start
+        if name == "exact" and exact_file:
+            np.savez_compressed(exact_file, images=np.stack(images[name]))
     out = {"prompts": n, "seconds": seconds, "accuracy": {}, "mean_abs_pixel_diff": {}}
     for name, ims in images.items():
         hits = {k: [] for k in (*ATTRIBUTES, "all")}
@@ -103,10 +114,11 @@ def main() -> None:
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json")
+    parser.add_argument("--exact-file", help="keep (or reuse) the exact run's images (.npz)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = ["exact", *[s for s in args.settings.split(",") if s != "exact"]]
-    result = (quality(args.n, names) if args.what == "quality"
+    result = (quality(args.n, names, exact_file=args.exact_file) if args.what == "quality"
               else psnr(args.folder, args.size, args.steps, names))
     text = json.dumps(result, indent=2)
     if args.json:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -117,21 +118,24 @@ class Worker:
         self.proc.wait()
 
 
-def run_bench(spec: BenchSpec) -> BenchResult:
-    """Warm up both workers, then interleave the rounds; medians, ratios, peak memory."""
+def run_bench(spec: BenchSpec, progress: Callable[[str], None] | None = None) -> BenchResult:
+    """Warm up both workers, then interleave the rounds; medians, ratios, peak memory.
+    `progress` is told each timing as it arrives."""
+    progress = progress or (lambda _message: None)
     if spec.rounds < 1 or spec.steps < 1 or spec.size < 8:
         raise SdlabError("--rounds and --steps must be at least 1, --size at least 8")
     workers = {name: Worker(name, spec) for name in ("diffusers", "sdlab")}
     result = BenchResult(spec)
     try:
-        for worker in workers.values():
-            worker.ask("warmup")
+        for name, worker in workers.items():
+            progress(f"warm-up {name}: {worker.ask('warmup')['seconds']:.2f} s")
         engines = ["diffusers", "sdlab", *(["sdlab-fast"] if spec.fast else [])]
-        for _ in range(spec.rounds):
+        for k in range(spec.rounds):
             for engine in engines:
                 worker = workers["diffusers" if engine == "diffusers" else "sdlab"]
                 answer = worker.ask("fast" if engine == "sdlab-fast" else "run")
                 result.seconds.setdefault(engine, []).append(answer["seconds"])
+                progress(f"round {k + 1} {engine}: {answer['seconds']:.2f} s")
         if spec.fast:
             result.fast_psnr_db = workers["sdlab"].ask("psnr")["psnr_db"]
         if spec.flops:

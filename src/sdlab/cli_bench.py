@@ -54,7 +54,7 @@ def bench_cmd(model: str, size: int | None, steps: int, scheduler: str, guidance
         raise SdlabError(f"--size {size} is not a multiple of 8")
     spec = BenchSpec(str(Path(folder).resolve()), size, steps, scheduler, guidance, rounds,
                      device, threads, channels_last, not no_fast, not no_flops)
-    result = run_bench(spec)
+    result = run_bench(spec, lambda message: click.echo(message, err=True))
     click.echo(table(result))
     if out:
         click.echo(atomic_write(out, lambda tmp: tmp.write_text(
