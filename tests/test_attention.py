@@ -260,3 +260,40 @@ def test_attention_command_refuses_a_word_not_in_the_prompt(tiny_folder, tmp_pat
     assert result.exit_code == 1
     assert "'kitten' is not a token of the prompt" in result.output
     assert not out.exists()
+
+
+# --- where a person sees them: generate --attention, the trace, trace show ------------------
+
+
+def test_generate_writes_the_attention_picture_and_the_trace_keeps_each_steps_maps(
+        tiny_folder, tmp_path: Path):
+    from sdlab.cli import main
+    from sdlab.trace import load_trace
+
+    runner = CliRunner()
+    result = runner.invoke(main, [
+        "generate", "a red circle", "--model", str(tiny_folder), "--steps", "3", "--swap",
+        "red=blue", "--out", str(tmp_path / "a.png"), "--attention", str(tmp_path / "m.png"),
+        "--trace", str(tmp_path / "t.safetensors"), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    plain = runner.invoke(main, ["generate", "a red circle", "--model", str(tiny_folder),
+                                 "--steps", "3", "--swap", "red=blue", "--out",
+                                 str(tmp_path / "b.png"), "--quiet"])
+    assert plain.exit_code == 0
+    # recording changes no pixel
+    assert list(Image.open(tmp_path / "a.png").getdata()) == list(
+        Image.open(tmp_path / "b.png").getdata())
+    assert Image.open(tmp_path / "m.png").width > Image.open(tmp_path / "a.png").width
+    trace = load_trace(tmp_path / "t.safetensors")
+    labels = trace.meta["attention_tokens"]
+    assert labels == ["<|startoftext|>", "a", "red→blue", "circle", "<|endoftext|>",
+                      "<padding>"]
+    maps = trace.tensors["attention"]
+    assert maps.shape == (3, len(labels), 8, 8)  # (steps, tokens, h, w) on the latent grid
+    torch.testing.assert_close(maps.sum(1), torch.ones(3, 8, 8))  # each pixel's attention
+    shown = runner.invoke(main, ["trace", "show", str(tmp_path / "t.safetensors"), "--out",
+                                 str(tmp_path / "show"), "--model", str(tiny_folder)])
+    assert shown.exit_code == 0, shown.output
+    from sdlab.trace import read_video
+
+    assert len(read_video(tmp_path / "show" / "attention.mp4")) == 3

@@ -444,3 +444,15 @@ def maps_picture(image: Image.Image, maps: torch.Tensor, labels: Sequence[str],
         text = name if draw.textlength(name, font=font) <= size[0] - 4 else name[:18] + "…"
         draw.text((x + 2, y + size[1] + 2), text, fill="black", font=font)
     return sheet
+
+
+def attention_frames(x0_images: Sequence[Image.Image], maps: torch.Tensor,
+                     labels: Sequence[str]) -> list[Image.Image]:
+    """One picture per step: that step's predicted x0, then each token's map over it.
+    `maps` (steps, tokens, h, w), as a trace stores them."""
+    if maps.ndim != 4 or maps.shape[0] != len(x0_images) or maps.shape[1] != len(labels):
+        raise SdlabError(f"attention maps of shape {tuple(maps.shape)} do not fit "
+                         f"{len(x0_images)} steps and {len(labels)} tokens: the trace is "
+                         "damaged")
+    return [maps_picture(image, step, labels) for image, step in zip(x0_images, maps,
+                                                                      strict=True)]

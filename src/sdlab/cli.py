@@ -13,6 +13,7 @@ from click.core import ParameterSource
 from tqdm.auto import tqdm
 
 import sdlab
+from sdlab.cli_attention import attention_cmd
 from sdlab.cli_bench import bench_cmd
 from sdlab.cli_common import guard as _guard
 from sdlab.cli_common import quiet_libraries
@@ -114,7 +115,7 @@ def img2img_cmd(image: str, prompt: str | None, strength: float | None,
 
 
 RUN_OUTPUTS = ("model", "out", "save_latents", "device", "quiet", "video", "video_decoder",
-               "trace")
+               "trace", "attention")
 
 
 def _rerun(png: str, prompt: str | None, options: dict[str, Any],
@@ -150,12 +151,13 @@ def _stored_index(stored: dict[str, Any], params: GenerateParams, png: str) -> i
 
 def _execute(params: GenerateParams, model: str | None, out: str | None,
              save_latents: str | None, device: str, quiet: bool, video: str | None,
-             video_decoder: str, trace: str | None, index: int | None = None,
-             stored_hash: str | None = None) -> None:
+             video_decoder: str, trace: str | None, attention: str | None,
+             index: int | None = None, stored_hash: str | None = None) -> None:
     """Check everything, load, run through the run service, say what was written."""
     recipe = parse(params)
     outputs = check_outputs(Outputs(Path(out or "sdlab.png"), _path(save_latents),
-                                    _path(video), video_decoder, _path(trace), index))
+                                    _path(video), video_decoder, _path(trace),
+                                    _path(attention), index))
     model = model or default_model()
     folder = resolve(model)
     check_for_model(recipe, folder)
@@ -187,6 +189,7 @@ def demo_cmd(out: str, model: str | None) -> None:
 main.add_command(train_tiny)
 main.add_command(bench_cmd)
 main.add_command(sweep_cmd)
+main.add_command(attention_cmd)
 main.add_command(serve_cmd)
 for _command in (vae_group, schedule_cmd, noise_cmd, trace_group):  # cli_image, cli_run
     main.add_command(_command)

@@ -7,10 +7,14 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import torch
 
+from sdlab import vae
+from sdlab.attention import attention_frames
 from sdlab.cache import FAST
 from sdlab.cli_common import DEVICES, guard, model_option
 from sdlab.cli_text import text_edit_options
+from sdlab.errors import SdlabError
 from sdlab.models import default_model, load
 from sdlab.outputs import atomic_write, check_writable, make_folder
 from sdlab.preview import DECODERS, decoder_for
@@ -70,7 +74,11 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--video-decoder", type=click.Choice(DECODERS), default="approx",
                      show_default=True, help="Frames from the linear preview or the full VAE."),
         click.option("--trace", type=click.Path(dir_okay=False),
-                     help="Save every step's record (.safetensors; JSON facts in its header)."),
+                     help="Save every step's record and cross-attention maps (.safetensors; "
+                          "JSON facts in its header)."),
+        click.option("--attention", type=click.Path(dir_okay=False),
+                     help="PNG of where each word acts: the image, then one cross-attention "
+                          "overlay per token (summed over the steps)."),
         click.option("--out", type=click.Path(dir_okay=False), default=None,
                      help="PNG to write [default: sdlab.png]; a batch writes OUT-0.png, ..."),
         click.option("--save-latents", type=click.Path(dir_okay=False),
@@ -118,11 +126,22 @@ def trace_show(trace_file: str, out: str, model: str | None, decoder: str,
     folder = make_folder(out)
     parts = load(str(model or trace.meta.get("model") or default_model()))
     decode = decoder_for(parts, decoder)
-    frames = [progression_frame(decode, trace.record(k)) for k in range(trace.steps)]
+    with torch.no_grad():
+        frames = [progression_frame(decode, trace.record(k)) for k in range(trace.steps)]
     written = [atomic_write(folder / f"frame-{k:03d}.png",
                             lambda tmp, f=frame: f.save(tmp, format="PNG"))
                for k, frame in enumerate(frames)]
     written += trace_plots(trace, folder)
     if video_path:
         written.append(write_video(frames, video_path))
+    if "attention" in trace.tensors:  # where each word acts, step by step, beside the x0
+        with torch.no_grad():
+            x0 = [vae.to_pil(decode(trace.record(k).x0_pred[:1]))[0]
+                  for k in range(trace.steps)]
+        labels = trace.meta.get("attention_tokens")
+        if not isinstance(labels, list) or not all(isinstance(t, str) for t in labels):
+            raise SdlabError(f"{trace_file} has attention maps but no token strings: it is "
+                             "damaged")
+        pictures = attention_frames(x0, trace.tensors["attention"], labels)
+        written.append(write_video(pictures, folder / "attention.mp4", fps=4))
     click.echo("\n".join(str(p) for p in written))

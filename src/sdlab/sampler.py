@@ -71,8 +71,8 @@ def denoise(model: Denoiser, scheduler: SchedulerMixin, latents: torch.Tensor, *
     timesteps = scheduler.timesteps
     if start and hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
-    _each(callbacks, "begin", len(timesteps) - start)
     try:
+        _each(callbacks, "begin", len(timesteps) - start)  # inside: a failed begin still ends
         for i in range(start, len(timesteps)):
             t = timesteps[i]
             record = predict(model, scheduler, latents, i, t, prediction_type)
