@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -23,6 +24,7 @@ from safetensors.torch import save_file
 from sdlab.cli import main
 from sdlab.text import token_embedding_table
 from sdlab.tiny.judge import judge
+from sdlab.web import service
 from web_fixtures import WAITING, Server, free_port, web_server  # noqa: F401 - fixtures
 
 PROMPT = "a red circle on a white background"
@@ -167,3 +169,21 @@ def test_a_mix_at_weight_zero_is_the_unedited_run(client: Client) -> None:
                                          api_name="/text_edit")
     assert "mix" in said
     assert np.array_equal(pixels(plain), pixels(edited))
+
+
+def test_the_shape_words_map_lies_where_the_judge_sees_the_shape(web_server: Server,
+                                                                   tmp_path: Path) -> None:
+    """What the Steps view shows: the run the app makes (attention recorded, each kept
+    step's maps) puts the summed map of 'circle' on the side the judge reads the circle."""
+    ctx = web_server.ctx
+    recipe = service.make_recipe(ctx.parts, {
+        "prompt": "a red circle on the left, white background", "steps": 20, "seed": 30})
+    done = service.run(ctx.parts, ctx.model_ref, recipe, tmp_path, attention=True)
+    seen = judge(done.generation.images[0])
+    assert seen.shape == "circle" and seen.position == "left"
+    maps = done.attention
+    assert maps.maps.shape[0] == len(done.records)  # one map per step the slider shows
+    heat = maps.summed(maps.labels.index("circle"))
+    assert service.centroid(heat)[0] < heat.shape[1] / 2  # left of the centre
+    pixels_sum = maps.maps.sum(1)  # each pixel's attention spread over the tokens
+    assert torch.allclose(pixels_sum, torch.ones_like(pixels_sum), atol=1e-4)

@@ -22,6 +22,7 @@ from web_fixtures import (  # noqa: F401 - browser, web_server: fixtures
     Browser,
     Server,
     browser,
+    choose,
     close_errors,
     error_text,
     fetch_image,
@@ -85,6 +86,29 @@ def test_steps_slider_moves_frame_and_sigma(browser: Browser) -> None:
     assert sigma_early > sigma_late  # earlier steps are noisier
     assert page.locator("#steps-video a").first.get_attribute("href").endswith(".mp4")
     assert page.locator("#steps-trace a").first.get_attribute("href").endswith(".safetensors")
+
+
+def test_steps_attention_follows_the_word_and_the_step(browser: Browser) -> None:
+    page = browser.page
+    open_tab(page, "Steps")
+    word = page.locator("#steps-word input").first
+    assert word.input_value() == "a"  # the first word after the start token
+    set_number(page, "steps-slider", 10)
+    attention = page.locator("#steps-attention")
+    attention.get_by_text("'a' at step 10").wait_for(timeout=TIMEOUT)
+    first = wait_for_image(page, "steps-attention")
+    summed = wait_for_image(page, "steps-attention-sum")
+    choose(page, "steps-word", "circle")
+    attention.get_by_text("'circle' at step 10").wait_for(timeout=TIMEOUT)
+    circle = wait_for_image(page, "steps-attention", (first,))
+    circle_sum = wait_for_image(page, "steps-attention-sum", (summed,))
+    assert fetch_image(page, circle) != fetch_image(page, first)
+    assert fetch_image(page, circle_sum) != fetch_image(page, summed)
+    set_number(page, "steps-slider", 3)
+    attention.get_by_text("'circle' at step 3").wait_for(timeout=TIMEOUT)
+    early = wait_for_image(page, "steps-attention", (circle,))
+    assert fetch_image(page, early) != fetch_image(page, circle)
+    assert word.input_value() == "circle"
 
 
 def test_swap_differs_from_the_unedited_run(browser: Browser) -> None:

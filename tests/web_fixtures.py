@@ -158,6 +158,12 @@ def set_number(page, elem_id: str, value: int) -> None:
     box.press("Enter")
 
 
+def choose(page, elem_id: str, option: str) -> None:
+    """Pick an option of a dropdown."""
+    page.locator(f"#{elem_id} input").first.click()
+    page.get_by_role("option", name=option, exact=True).first.click()
+
+
 def error_text(page) -> str:
     toast = page.locator(".toast-body").first
     toast.wait_for(timeout=TIMEOUT)

@@ -116,7 +116,8 @@ def stream_run(ctx: Context, session: str, recipe: service.Recipe, video: bool =
         try:
             with ctx.gate.turn():
                 result = service.run(ctx.parts, ctx.model_ref, recipe, folder,
-                                     [Preview(ctx, stop, out)], video=video, trace=True)
+                                     [Preview(ctx, stop, out)], video=video, trace=True,
+                                     attention=True)
             out.put(("done", result))
         except BaseException as err:  # handed to the request's thread, raised there
             out.put(("error", err))

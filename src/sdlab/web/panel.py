@@ -17,12 +17,15 @@ from sdlab.web.context import Context, stream_run
 
 @dataclass
 class RunView:
-    """What the Steps view shows of the last run of a session."""
+    """What the Steps view shows of the last run of a session (a new run replaces it, so a
+    session holds one run's records and attention maps at most)."""
 
     records: list[service.StepRecord] = field(default_factory=list)
     losses: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     video: Path | None = None
     trace: Path | None = None
+    attention: service.StepAttention | None = None
+    image: Image.Image | None = None  # the run's (first) result
 
 
 @dataclass
@@ -100,5 +103,5 @@ def stream_panel(ctx: Context, session: str, recipe: service.Recipe, panel: Pane
             panel.latents: str(outputs.latents),
             panel.status: f"{note}; seed {recipe.params.seed}. The Steps tab shows every step.",
             steps_state: RunView(outputs.records, generation.losses, outputs.video,
-                                 outputs.trace),
+                                 outputs.trace, outputs.attention, generation.images[0]),
         }

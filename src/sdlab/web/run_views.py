@@ -73,16 +73,22 @@ def stop_button(ctx: Context, stop: gr.Button) -> None:
 
 def steps_tab(ctx: Context, steps_state: gr.State) -> None:
     gr.Markdown("Every step of the last run: the noisy latents beside the predicted x0, the "
-                "noise level, and how far the prompt pulls the noise prediction.")
+                "noise level, how far the prompt pulls the noise prediction, and where each "
+                "word of the prompt attends (cross-attention, averaged over heads and layers).")
     with gr.Row():
         step = gr.Slider(0, 1, value=0, step=1, label="Step i", elem_id="steps-slider")
         decoder = gr.Radio(DECODER_CHOICES, value="approx", label="Decode with",
                            elem_id="steps-decoder")
+        word = gr.Dropdown([], value=None, label="Attention of the word", elem_id="steps-word")
     with gr.Row():
         frame = picture("latents | predicted x0", "steps-frame")
         plot = picture("sigma (and loss) per step", "steps-curves")
-    facts = gr.Markdown("Run something first (Generate, img2img or Guidance).",
-                        elem_id="steps-facts")
+    with gr.Row():
+        at_step = picture("the word's attention at this step, over the predicted x0",
+                          "steps-attention")
+        summed = picture("the word's attention summed over all steps, over the result",
+                         "steps-attention-sum")
+    facts = gr.Markdown(FIRST, elem_id="steps-facts")
     with gr.Row():
         video = gr.File(label="Progression video (.mp4)", elem_id="steps-video")
         trace = gr.File(label="Trace: every step (.safetensors)", elem_id="steps-trace")
@@ -92,31 +98,54 @@ def steps_tab(ctx: Context, steps_state: gr.State) -> None:
         if not view or not view.records:
             return {step: gr.Slider(0, 1, value=0)}
         last = len(view.records) - 1
+        att = view.attention
         return {step: gr.Slider(0, last, value=last, step=1),
+                word: gr.Dropdown(list(zip(att.labels, range(len(att.labels)), strict=True)),
+                                  value=att.default) if att else gr.Dropdown([], value=None),
                 video: str(view.video) if view.video else None,
                 trace: str(view.trace) if view.trace else None}
 
     @shown
-    def on_step(view: RunView | None, k: int, decoder: str) -> tuple[Any, Any, str]:
+    def on_step(view: RunView | None, k: int, decoder: str, entry: int | None) -> tuple:
         if not view or not view.records:
-            return None, None, "Run something first (Generate, img2img or Guidance)."
+            return None, None, FIRST, None, None
         k = max(0, min(int(k), len(view.records) - 1))
         record = view.records[k]
         if decoder == "full":
             with ctx.gate.turn():
-                image = service.frame(ctx.parts, record, decoder)
+                pair, x0 = service.step_pictures(ctx.parts, record, decoder)
         else:
-            image = service.frame(ctx.parts, record, decoder)
-        image = enlarged(image)
+            pair, x0 = service.step_pictures(ctx.parts, record, decoder)
         steps = [r.i for r in view.records]
         sigmas = [float(r.sigma) for r in view.records]
-        return image, curves(steps, sigmas, view.losses, record.i), step_facts(record, view)
+        return (enlarged(pair), curves(steps, sigmas, view.losses, record.i),
+                step_facts(record, view), *attention_pictures(view, k, x0, entry))
 
-    steps_state.change(on_run, steps_state, [step, video, trace], api_name=False,
+    steps_state.change(on_run, steps_state, [step, word, video, trace], api_name=False,
                        show_progress="hidden")
-    for event in (step.change, decoder.change):
-        event(on_step, [steps_state, step, decoder], [frame, plot, facts],
+    for event in (step.change, decoder.change, word.change):
+        event(on_step, [steps_state, step, decoder, word], [frame, plot, facts, at_step, summed],
               concurrency_limit=None, api_name=False, show_progress="hidden")
+
+
+FIRST = "Run something first (Generate, img2img or Guidance)."
+
+
+def attention_pictures(view: RunView, k: int, x0: Any, entry: int | None) -> tuple[Any, Any]:
+    """The chosen word's map at step k over that step's predicted x0, and summed over all
+    steps over the result (None, None: the run kept no maps)."""
+    att = view.attention
+    if att is None:
+        return None, None
+    if entry is None or not 0 <= int(entry) < len(att.labels):  # the list is being refilled
+        entry = att.default
+    entry = int(entry)
+    name = att.labels[entry]
+    here = service.attention_overlay(enlarged(x0), att.at_step(k, entry))
+    total = service.attention_overlay(enlarged(view.image), att.summed(entry))
+    return (gr.Image(here, label=f"'{name}' at step {view.records[k].i}, over the predicted x0"),
+            gr.Image(total, label=f"'{name}' summed over all {len(view.records)} steps, "
+                                  "over the result"))
 
 
 def step_facts(record: service.StepRecord, view: RunView) -> str:

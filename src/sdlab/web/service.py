@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from sdlab import vae
+from sdlab.attention import AttentionRecorder, centroid, normalise_maps, overlay
 from sdlab.errors import SdlabError
 from sdlab.generate import Generation
 from sdlab.models import Parts, load, resolve
@@ -31,7 +32,8 @@ __all__ = [
     "DECODERS", "SCHEDULERS", "Img2ImgParams", "Parts", "Recipe", "StepRecord", "StopSampling",
     "RunOutputs", "load_model", "make_recipe", "run", "frame", "guidance_size",
     "preview_image", "tokens", "check_embedding", "vae_roundtrip", "schedule_rows",
-    "noised_to_step", "load_picture", "strength_for", "planned_steps",
+    "noised_to_step", "load_picture", "strength_for", "planned_steps", "StepAttention",
+    "step_pictures", "attention_overlay", "centroid",
 ]
 
 
@@ -46,6 +48,37 @@ class RunOutputs:
     video: Path | None = None
     trace: Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    attention: StepAttention | None = None
+
+
+@dataclass(frozen=True)
+class StepAttention:
+    """A run's cross-attention: `maps` (steps, tokens, h, w) on the latent grid, one per kept
+    record in the records' order (each pixel's entries sum to 1), and the token strings
+    (start and end tokens, the words, the padding summed last)."""
+
+    maps: torch.Tensor
+    labels: tuple[str, ...]
+
+    def entry(self, k: int) -> int:
+        """A token entry the page names, checked."""
+        if not 0 <= k < len(self.labels):
+            raise SdlabError(f"token {k} is not one of the last run's {len(self.labels)} "
+                             "tokens: pick one from the list")
+        return k
+
+    def at_step(self, step: int, k: int) -> torch.Tensor:
+        """(h, w): entry k's map at the step-th kept step."""
+        return self.maps[step, self.entry(k)]
+
+    def summed(self, k: int) -> torch.Tensor:
+        """(h, w): entry k's map summed over every step, as a distribution over pixels."""
+        return normalise_maps(self.maps[:, self.entry(k)].sum(0))
+
+    @property
+    def default(self) -> int:
+        """The first word after the start token."""
+        return 1 if len(self.labels) > 1 else 0
 
 
 def load_model(model: str) -> tuple[Parts, str]:
@@ -78,20 +111,33 @@ def planned_steps(recipe: Recipe) -> int:
 
 
 def run(parts: Parts, model_ref: str, recipe: Recipe, folder: Path,
-        callbacks: Sequence[Callback] = (), video: bool = False, trace: bool = False
-        ) -> RunOutputs:
+        callbacks: Sequence[Callback] = (), video: bool = False, trace: bool = False,
+        attention: bool = False) -> RunOutputs:
     """The library's run service: the recipe run and its outputs written into `folder`
-    (PNG(s) with the recipe, the final latents, on request the video and the trace)."""
+    (PNG(s) with the recipe, the final latents, on request the video and the trace), with
+    `attention` each kept step's cross-attention maps."""
     outputs = check_outputs(Outputs(
         image=folder / "sdlab.png", latents=folder / "latents.safetensors",
         video=folder / "progression.mp4" if video else None,
         trace=folder / "trace.safetensors" if trace else None))
-    done = execute(parts, recipe, outputs, callbacks, keep_records=True, model_ref=model_ref)
+    done = execute(parts, recipe, outputs, callbacks, keep_records=True, model_ref=model_ref,
+                   attention=attention)
     written = {p.name: p for p in done.written}
     pngs = [p for p in done.written if p.suffix == ".png"]
     return RunOutputs(done.generation, done.records, pngs, written["latents.safetensors"],
                       written.get("progression.mp4"), written.get("trace.safetensors"),
-                      done.meta)
+                      done.meta, _step_attention(done.attention, done.records))
+
+
+def _step_attention(recorder: AttentionRecorder | None, records: list[StepRecord]
+                    ) -> StepAttention | None:
+    """The recorder's per-step maps of the kept records only (a stopped step is dropped);
+    the recorder itself (and its hold on the UNet) is let go."""
+    if recorder is None or not recorder.per_step or not records:
+        return None
+    maps = recorder.step_maps()
+    kept = [recorder.step_indices.index(r.i) for r in records]
+    return StepAttention(maps[kept].clone(), tuple(recorder.tokens.labels))
 
 
 def guidance_size(record: StepRecord) -> float | None:
@@ -110,6 +156,19 @@ def load_picture(path: str, parts: Parts) -> Image.Image:
 def frame(parts: Parts, record: StepRecord, decoder: str) -> Image.Image:
     """latents | predicted x0 of one step, through the linear preview or the full VAE."""
     return progression_frame(decoder_for(parts, decoder), record)
+
+
+def step_pictures(parts: Parts, record: StepRecord, decoder: str
+                  ) -> tuple[Image.Image, Image.Image]:
+    """(latents | predicted x0, the predicted x0 alone) of one step, decoded once."""
+    pair = frame(parts, record, decoder)
+    half = pair.width // 2
+    return pair, pair.crop((half, 0, pair.width, pair.height))
+
+
+def attention_overlay(image: Image.Image, heat: torch.Tensor) -> Image.Image:
+    """One word's map laid over a picture (the map stretched to its own range)."""
+    return overlay(image, heat)
 
 
 def preview_image(parts: Parts, x0_pred: torch.Tensor) -> Image.Image:
