@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from PIL import Image  # noqa: E402
 
 from web_fixtures import (  # noqa: E402
+    choose,
     fill,
     open_page,
     open_tab,
@@ -60,6 +61,9 @@ def take(out: Path, model: str) -> list[Path]:
         first = wait_for_image(page, "steps-frame")
         set_number(page, "steps-slider", 8)
         wait_for_image(page, "steps-frame", (first,))
+        choose(page, "steps-word", "circle")
+        page.locator("#steps-attention").get_by_text("'circle' at step 8").wait_for()
+        wait_for_image(page, "steps-attention-sum")
         written.append(shoot(page, out, "steps"))
 
         open_tab(page, "Text")
