@@ -13,10 +13,12 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from sdlab.attention import (
+    BLOCKS,
     PADDING,
     AttentionRecorder,
     attention_probs,
     attention_tokens,
+    block_of,
     centroid,
     maps_picture,
     mass_outside,
@@ -129,6 +131,39 @@ def test_steps_range_sums_the_chosen_steps(tiny):
     generate(tiny, params, [late])
     with pytest.raises(SdlabError, match="no step in --steps-range 10:"):
         late.maps()
+
+
+def test_layers_choose_the_blocks_summed(tiny):
+    params = GenerateParams(PROMPT, steps=2, seed=2)
+    whole = AttentionRecorder.for_run(tiny, params)
+    generate(tiny, params, [whole])
+    total = torch.zeros_like(whole.maps(normalise=False))
+    for block in BLOCKS:  # each block's layer mean, weighted by its layer count
+        recorder = AttentionRecorder.for_run(tiny, params, blocks=[block])
+        generate(tiny, params, [recorder])
+        count = sum(block_of(layer) == block for layer in recorder.layers)
+        if count:
+            total += recorder.maps(normalise=False) * count
+    assert torch.allclose(total / len(whole.layers), whole.maps(normalise=False), atol=1e-5)
+    with pytest.raises(SdlabError, match="--layers left is not a UNet block"):
+        AttentionRecorder.for_run(tiny, params, blocks=["left"])
+
+
+def test_bicubic_maps_are_at_the_image_size(tiny):
+    params = GenerateParams(PROMPT, steps=2, seed=2)
+    bilinear = AttentionRecorder.for_run(tiny, params)
+    image = generate(tiny, params, [bilinear]).images[0]
+    bicubic = AttentionRecorder.for_run(tiny, params, upsampling="bicubic", per_step=True)
+    assert torch.equal(generate(tiny, params, [bicubic]).latents, generate(tiny, params).latents)
+    maps = bicubic.maps()
+    assert maps.shape == (len(bicubic.tokens.labels), image.height, image.width)
+    assert bicubic.step_maps().shape[-2:] == (image.height, image.width)
+    assert maps.min() >= 0
+    assert torch.allclose(maps.sum((-2, -1)), torch.ones(()), atol=1e-5)
+    coarse = upsample(bilinear.maps(), (image.height, image.width))
+    for k in range(maps.shape[0]):  # the same places, drawn more smoothly
+        both = torch.stack([maps[k].flatten(), coarse[k].flatten()])
+        assert torch.corrcoef(both)[0, 1] > 0.5
 
 
 def test_a_stopped_run_keeps_the_steps_it_took(tiny):
@@ -251,6 +286,19 @@ def test_attention_command_writes_the_chosen_words(tiny_folder, tmp_path: Path):
     assert result.exit_code == 0, result.output
     with Image.open(out) as sheet:
         assert sheet.size == (3 * 128, 128 + 16)  # the image and two overlays
+
+
+def test_attention_command_checks_the_recipe_against_the_model(tiny_folder, tmp_path: Path):
+    out = tmp_path / "maps.png"
+    result = CliRunner().invoke(attention_cmd, [PROMPT, "--model", str(tiny_folder),
+                                                "--steps", "100000", "--out", str(out)])
+    assert result.exit_code == 1
+    assert "--steps" in result.output
+    assert not out.exists()
+    result = CliRunner().invoke(attention_cmd, [PROMPT, "--model", str(tiny_folder),
+                                                "--layers", "side", "--out", str(out)])
+    assert result.exit_code == 1
+    assert "--layers side is not a UNet block" in result.output
 
 
 def test_attention_command_refuses_a_word_not_in_the_prompt(tiny_folder, tmp_path: Path):

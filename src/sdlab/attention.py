@@ -47,6 +47,10 @@ from sdlab.surgery import (
 )
 
 PADDING = "<padding>"
+BLOCKS = ("down", "mid", "up")  # the UNet's blocks with cross-attention layers
+UPSAMPLING = ("bilinear", "bicubic")
+DEFAULT_BLOCKS = BLOCKS  # the aggregation's defaults (benchmarks/bench_attention.py)
+DEFAULT_UPSAMPLING = "bilinear"
 CROSS_ATTENTION = "attn2.processor"  # the cross-attention layers' processor names end so
 
 
@@ -153,9 +157,10 @@ class _RecordingProcessor:
     """An attention processor that gives the stock processor's output unchanged and hands
     the head-averaged attention probabilities of one batch row to the recorder."""
 
-    def __init__(self, stock: Any, recorder: AttentionRecorder) -> None:
+    def __init__(self, stock: Any, recorder: AttentionRecorder, name: str) -> None:
         self.stock = stock
         self.recorder = recorder
+        self.name = name
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor,
                  encoder_hidden_states: torch.Tensor | None = None,
@@ -165,7 +170,7 @@ class _RecordingProcessor:
             with torch.no_grad():
                 probs = attention_probs(attn, hidden_states, encoder_hidden_states,
                                         attention_mask, temb, self.recorder.row(hidden_states))
-            self.recorder.add_layer(probs.float().mean(0))
+            self.recorder.add_layer(probs.float().mean(0), self.name)
         return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
                           *args, **kwargs)
 
@@ -214,13 +219,20 @@ class AttentionRecorder:
     """
 
     def __init__(self, unet: UNet2DConditionModel, tokens: AttentionTokens, images: int = 1,
-                 *, steps: tuple[int, int | None] | None = None,
-                 per_step: bool = False) -> None:
+                 *, steps: tuple[int, int | None] | None = None, per_step: bool = False,
+                 blocks: Sequence[str] = DEFAULT_BLOCKS,
+                 upsampling: str = DEFAULT_UPSAMPLING,
+                 scale: int = 1) -> None:
         self.unet = unet
         self.tokens = tokens
         self.images = images
         self.steps = steps
         self.per_step = per_step
+        self.blocks = parse_blocks(blocks)
+        if upsampling not in UPSAMPLING:
+            raise SdlabError(f"upsampling '{upsampling}' is not one of {', '.join(UPSAMPLING)}")
+        self.upsampling = upsampling
+        self.scale = scale
         self.layers: list[str] = []
         self._stock: dict[str, Any] | None = None
         self._hook: Any = None
@@ -231,8 +243,10 @@ class AttentionRecorder:
     def for_run(cls, parts: Parts, settings: Recipe | GenerateParams,
                 **options: Any) -> AttentionRecorder:
         """A recorder for a run: its prompt's labels with the text edits, and its batch,
-        from the recipe."""
+        from the recipe; bicubic maps are at the image size (the VAE factor's `scale`)."""
         recipe = as_recipe(settings)
+        if options.get("upsampling", DEFAULT_UPSAMPLING) == "bicubic":
+            options.setdefault("scale", parts.vae_scale_factor)
         return cls(parts.unet, attention_tokens(parts, recipe), recipe.params.batch, **options)
 
     def _reset(self) -> None:
@@ -254,7 +268,7 @@ class AttentionRecorder:
         self.layers = [name for name in stock if name.endswith(CROSS_ATTENTION)]
         if not self.layers:
             raise SdlabError("this UNet has no cross-attention layers to record")
-        wrapped = {name: _RecordingProcessor(p, self) if name in self.layers else p
+        wrapped = {name: _RecordingProcessor(p, self, name) if name in self.layers else p
                    for name, p in stock.items()}
         self._hook = self.unet.register_forward_pre_hook(self._see_input, with_kwargs=True)
         self._stock = stock
@@ -303,20 +317,27 @@ class AttentionRecorder:
                              f"batch, but the UNet batch is {batch}")
         return batch - self.images
 
-    def add_layer(self, probs: torch.Tensor) -> None:
-        """probs (HW, L) of one layer -> token entries on the latent grid, added to the step."""
+    def add_layer(self, probs: torch.Tensor, name: str = "") -> None:
+        """probs (HW, L) of the layer `name` -> token entries on the maps' grid, added to
+        the step (layers outside the chosen blocks are left out)."""
+        if name and block_of(name) not in self.blocks:
+            return
+        maps = layer_maps(self.entries(probs), self._grid, self.map_grid, self.upsampling)
+        self._step = maps if self._step is None else self._step + maps
+        self._step_layers += 1
+
+    def entries(self, probs: torch.Tensor) -> torch.Tensor:
+        """probs (HW, L) -> (T, HW): the prompt's positions, then the padding summed."""
         count = self.tokens.count
         if probs.shape[1] < count:
             raise SdlabError(f"the prompt has {count} positions but the conditioning only "
                              f"{probs.shape[1]}")
-        entries = torch.cat([probs[:, :count], probs[:, count:].sum(1, keepdim=True)], 1)
-        h, w = self._grid
-        hl, wl = _layer_grid(probs.shape[0], h, w)
-        maps = entries.T.reshape(1, count + 1, hl, wl)  # (1, T, hl, wl)
-        if (hl, wl) != (h, w):
-            maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)
-        self._step = maps[0] if self._step is None else self._step + maps[0]
-        self._step_layers += 1
+        return torch.cat([probs[:, :count], probs[:, count:].sum(1, keepdim=True)], 1).T
+
+    @property
+    def map_grid(self) -> tuple[int, int]:
+        """The (rows, cols) of the maps: the latent grid times `scale`."""
+        return self._grid[0] * self.scale, self._grid[1] * self.scale
 
     def _in_range(self, i: int) -> bool:
         if self.steps is None:
@@ -342,9 +363,40 @@ class AttentionRecorder:
             raise SdlabError("per-step maps were not kept: make the recorder with "
                              "per_step=True")
         if not self._maps:
-            h, w = self._grid
+            h, w = self.map_grid
             return torch.zeros(0, len(self.tokens.labels), h, w)
         return torch.stack(self._maps)
+
+
+def block_of(layer: str) -> str:
+    """'down', 'mid' or 'up': the UNet block a processor name ('up_blocks.1.…') is in."""
+    return layer.split(".", 1)[0].split("_", 1)[0]
+
+
+def parse_blocks(blocks: Sequence[str] | str) -> tuple[str, ...]:
+    """'down,up' or ('down', 'up') -> ('down', 'up'); 'all' -> every block."""
+    names = blocks.split(",") if isinstance(blocks, str) else list(blocks)
+    names = [n.strip().lower() for n in names if n.strip()]
+    chosen = BLOCKS if names in (["all"], []) else tuple(dict.fromkeys(names))
+    wrong = [n for n in chosen if n not in BLOCKS]
+    if wrong:
+        raise SdlabError(f"--layers {','.join(wrong)} is not a UNet block: name 'all' or some "
+                         f"of {','.join(BLOCKS)}")
+    return tuple(chosen)
+
+
+def layer_maps(entries: torch.Tensor, grid: tuple[int, int], size: tuple[int, int],
+               mode: str = "bilinear") -> torch.Tensor:
+    """One layer's entries (T, hl·wl), on its own grid (a halving of the latent `grid`),
+    -> (T, *size): upsampled with `mode`; bicubic overshoots, so its maps are clamped at
+    0, as DAAM does."""
+    hl, wl = _layer_grid(entries.shape[1], *grid)
+    maps = entries.reshape(1, -1, hl, wl)
+    if (hl, wl) != tuple(size):
+        maps = F.interpolate(maps, size=size, mode=mode, align_corners=False)
+        if mode == "bicubic":
+            maps = maps.clamp_min(0)
+    return maps[0]
 
 
 def _show(steps: tuple[int, int | None]) -> str:
