@@ -119,4 +119,4 @@ def _run_block(block: torch.nn.Module, sample: torch.Tensor, emb: torch.Tensor,
 
 
 # The speed preset (`--fast`): the settings that paid in BENCHMARKS.md.
-FAST = {"cache_interval": 3, "cache_branch": 0, "cfg_until": 0.5}
+FAST = {"cache_interval": 3, "cache_branch": 0, "cfg_until": 0.8}
