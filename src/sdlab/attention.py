@@ -9,12 +9,19 @@ averaged over the heads. `end` puts the stock processors back, so the loaded mod
 unchanged after a run (also after an error).
 
 Maps are aggregated as DAAM does (Tang et al. 2022, arXiv 2210.04885): each layer's map is
-upsampled (bilinearly) to the latent grid (h, w) = image size / VAE factor, and the layers
-are averaged; the steps of a chosen range are summed as the run goes, so memory holds one
-(tokens, h, w) map, not every layer's map for every token and step. Per-step maps
-(steps, tokens, h, w) are kept only when asked (`per_step=True`, for traces). `maps()`
-normalises each token's map to sum 1; `upsample` takes maps to the image size (bilinear
-is linear, so this equals upsampling each layer's map to the image size before summing).
+upsampled to a common grid and the layers are averaged; the steps of a chosen range are
+summed as the run goes, so memory holds one (tokens, h, w) map, not every layer's map for
+every token and step. Per-step maps (steps, tokens, h, w) are kept only when asked
+(`per_step=True`, for traces). `maps()` normalises each token's map to sum 1.
+
+The default sums every cross-attention layer (`blocks` down, mid and up) at every step,
+each layer upsampled bilinearly to the latent grid (h, w) = image size / VAE factor;
+`upsample` takes the result to the image size. `upsampling="bicubic"` takes each layer's
+map bicubically to the image size instead (clamped at 0), as the DAAM paper does; `blocks`
+keeps some blocks only. On the bundled model (benchmarks/bench_attention.py) the up
+blocks alone did best on the development prompts but worse than all layers on the test
+prompts, a later step range did worse on both, and bicubic upsampling moved the shares by
+about one prompt in a hundred, so the default is DAAM's.
 
 Token entries: the prompt's positions in order, from <|startoftext|> to the first
 <|endoftext|> (both kept), then one last entry holding the padding positions summed.
