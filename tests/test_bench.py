@@ -16,8 +16,9 @@ def test_quick_bench_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["bench", "--quick", "--json", str(out)],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    engines = [line.split()[0] for line in lines[2:5]]
+    lines = result.output.splitlines()  # progress lines (stderr), then the table
+    header = next(k for k, line in enumerate(lines) if line.startswith("engine"))
+    engines = [line.split()[0] for line in lines[header + 1:header + 4]]
     assert engines == ["diffusers", "sdlab", "sdlab-fast"]
     assert "GFLOP/s" in result.output
     data = json.loads(out.read_text())
