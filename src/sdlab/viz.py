@@ -13,8 +13,14 @@ from sdlab.trace import Trace
 
 def plot_schedule(rows: list[tuple[int, float, float]], title: str, path: str | Path) -> Path:
     """Sigma and timestep against the step index, as a PNG."""
+    return save_figure(schedule_figure(rows, title), path)
+
+
+def schedule_figure(rows: list[tuple[int, float, float]], title: str,
+                    size: tuple[float, float] = (9, 3.5)) -> Figure:
+    """Sigma and timestep against the step index."""
     steps = [r[0] for r in rows]
-    fig = Figure(figsize=(9, 3.5))
+    fig = Figure(figsize=size)
     ax_sigma, ax_t = fig.subplots(1, 2)
     ax_sigma.plot(steps, [r[2] for r in rows], marker="o")
     ax_sigma.set(xlabel="step i", ylabel="sigma", title="noise level")
@@ -22,7 +28,7 @@ def plot_schedule(rows: list[tuple[int, float, float]], title: str, path: str | 
     ax_t.set(xlabel="step i", ylabel="t", title="timestep")
     fig.suptitle(title)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
 def trace_plots(trace: Trace, folder: Path) -> list[Path]:

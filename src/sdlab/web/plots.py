@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-from PIL import Image  # noqa: E402
+from sdlab.viz import schedule_figure
 
 
-def to_image(fig: plt.Figure) -> Image.Image:
+def to_image(fig: Figure) -> Image.Image:
     buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=90)
-    finally:
-        plt.close(fig)
+    fig.savefig(buffer, format="png", dpi=90)
     buffer.seek(0)
     return Image.open(buffer).convert("RGB")
 
@@ -25,7 +21,8 @@ def curves(steps: list[int], sigmas: list[float], losses: dict[str, list[tuple[i
            marked: int | None = None) -> Image.Image:
     """Sigma per step (and each guide's loss) with the chosen step marked."""
     panels = 1 + bool(losses)
-    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3), squeeze=False)
+    fig = Figure(figsize=(4.5 * panels, 3))
+    axes = fig.subplots(1, panels, squeeze=False)
     ax = axes[0][0]
     ax.plot(steps, sigmas, marker=".")
     ax.set(xlabel="step i", ylabel="sigma", title="noise level")
@@ -45,12 +42,4 @@ def curves(steps: list[int], sigmas: list[float], losses: dict[str, list[tuple[i
 
 def schedule(rows: list[tuple[int, float, float]], title: str) -> Image.Image:
     """Sigma and timestep against the step index."""
-    steps = [r[0] for r in rows]
-    fig, (ax_sigma, ax_t) = plt.subplots(1, 2, figsize=(8, 3))
-    ax_sigma.plot(steps, [r[2] for r in rows], marker="o")
-    ax_sigma.set(xlabel="step i", ylabel="sigma", title="noise level")
-    ax_t.plot(steps, [r[1] for r in rows], marker="o", color="tab:orange")
-    ax_t.set(xlabel="step i", ylabel="t", title="timestep")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return to_image(fig)
+    return to_image(schedule_figure(rows, title, size=(8, 3)))
