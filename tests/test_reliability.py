@@ -258,3 +258,23 @@ def test_a_full_disk_at_the_trace_keeps_the_image(tiny_folder: Path, tmp_path: P
     one_line_error(result, "No space left on device")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # the image, whole
     assert read_png_meta(tmp_path / "a.png")["params"]["prompt"] == "a cat"
+
+
+def test_from_with_a_new_prompt_keeps_the_recipes_other_edits(tiny: Parts, tiny_folder: Path,
+                                                              tmp_path: Path) -> None:
+    file = tmp_path / "e.safetensors"
+    vectors = tiny.text_encoder.get_input_embeddings().weight[[42194]].detach().clone()
+    save_file({"<e>": vectors.contiguous()}, str(file))
+    base = tmp_path / "base.png"
+    assert run("generate", "a <e>", "--embedding", str(file), "--model", str(tiny_folder),
+               "--steps", "2", "--out", str(base), "--quiet").exit_code == 0
+    again = tmp_path / "again.png"
+    assert run("generate", "two <e>", "--from", str(base), "--out", str(again),
+               "--quiet").exit_code == 0
+    stored = read_png_meta(again)["params"]
+    assert stored["prompt"] == "two <e>"
+    assert stored["embedding"] == [str(file.resolve())]
+    fast = tmp_path / "fast.png"
+    assert run("generate", "--from", str(base), "--fast", "--out", str(fast),
+               "--quiet").exit_code == 0
+    assert read_png_meta(fast)["params"]["cache_interval"] > 1

@@ -126,11 +126,13 @@ def _rerun(png: str, prompt: str | None, options: dict[str, Any],
         raise SdlabError(f"the sdlab metadata in {png} is not a recipe")
     params = params_from_dict(stored.get("params"), f"the recipe in {png}")
     ctx = click.get_current_context()
-    given = {name: value for name, value in options.items()
+    given = {name: value for name, value in options.items()  # DEFAULT_MAP: --fast's values
              if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
-                                                   ParameterSource.ENVIRONMENT)}
-    if prompt is not None or "mix" in given:
-        given.update(text_settings(prompt, {"mix": given.get("mix", ())}))
+                                                   ParameterSource.ENVIRONMENT,
+                                                   ParameterSource.DEFAULT_MAP)}
+    text = text_settings(prompt, given) if prompt is not None or "mix" in given else {}
+    text_given = {"prompt", "mix", *(["embedding"] if "embedding" in given else [])}
+    given.update({k: v for k, v in text.items() if k in text_given})
     params = replace(params, **given)
     index = _stored_index(stored, params, png)
     model = outputs["model"] or stored.get("model")
