@@ -18,6 +18,7 @@ from sdlab import vae
 from sdlab.attention import AttentionRecorder, centroid, normalise_maps, overlay
 from sdlab.errors import SdlabError
 from sdlab.generate import Generation
+from sdlab.limits import check_steps
 from sdlab.models import Parts, load, resolve
 from sdlab.preview import DECODERS, decoder_for, preview_for
 from sdlab.recipe import Img2ImgParams, Recipe, params_from_dict, parse, strength_for
@@ -200,9 +201,7 @@ def schedule_rows(parts: Parts, scheduler: str, steps: int) -> list[tuple[int, f
 
 
 def _scheduler(parts: Parts, name: str, steps: int) -> Any:
-    train_steps = int(parts.scheduler_config.get("num_train_timesteps", 1000))
-    if not 1 <= steps <= train_steps:
-        raise SdlabError(f"steps must be in 1..{train_steps} (got {steps})")
+    check_steps(steps, int(parts.scheduler_config.get("num_train_timesteps", 1000)))
     sched = make_scheduler(name, parts.scheduler_config)
     sched.set_timesteps(steps)
     return sched
