@@ -1,13 +1,14 @@
 """A progression video at full size: the cheap linear preview against decoding both frames of
 every step with the VAE, as the deep dive did.
 
-    python benchmarks/bench_video.py [--size 512] [--steps 30]
+    python benchmarks/bench_video.py [--size 512] [--steps 30] [--fast]
 
 Runs on the SD-1.5-shaped random-weight model (speed does not depend on weight values). The
 preview run is timed end to end (generation, one frame a step, the MP4). Decoding both frames
 of one step with the VAE is timed once and counted for every step: the deep dive's way costs
 the same generation plus that decode per step (a full run of it at 512², 30 steps, is about
-half an hour of decoding on this machine's CPU).
+half an hour of decoding on this machine's CPU). With `--fast` the preview video is also
+timed with the `--fast` preset, against the same deep-dive baseline.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from sdlab.cache import FAST
 from sdlab.generate import generate
-from sdlab.models import load
+from sdlab.models import Parts, load
 from sdlab.preview import decoder_for
 from sdlab.random_models import build_random_model
 from sdlab.recipe import GenerateParams
@@ -32,6 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--fast", action="store_true", help="Also time the --fast preset.")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sdlab-video-"))
     parts = load(build_random_model(work / "sd15", "sd15"))
@@ -42,11 +47,7 @@ def main() -> None:
     def keep_last(record: StepRecord) -> None:
         kept[:] = [record]
 
-    start = time.perf_counter()
-    frames = VideoFrames(decoder_for(parts, "approx"))
-    generate(parts, params, [frames, keep_last])
-    write_video(frames.frames, work / "preview.mp4")
-    preview_total = time.perf_counter() - start
+    preview_total = preview_video(parts, params, work / "preview.mp4", keep_last)
     start = time.perf_counter()
     progression_frame(decoder_for(parts, "full"), kept[0])  # both frames of one step
     full_pair = time.perf_counter() - start
@@ -58,6 +59,20 @@ def main() -> None:
     print(f"the deep dive's way (the same run + {args.steps} such decodes): "
           f"{full_total:.1f} s")
     print(f"speed-up: {full_total / preview_total:.2f}x")
+    if args.fast:
+        fast = preview_video(parts, replace(params, **FAST), work / "fast.mp4")
+        print(f"preview video with --fast, end to end: {fast:.1f} s; speed-up against the "
+              f"deep dive's way: {full_total / fast:.2f}x")
+
+
+def preview_video(parts: Parts, params: GenerateParams, path: Path,
+                  *callbacks: Callable[[StepRecord], None]) -> float:
+    """Seconds for the run with one linear-preview frame a step, and its MP4."""
+    start = time.perf_counter()
+    frames = VideoFrames(decoder_for(parts, "approx"))
+    generate(parts, params, [frames, *callbacks])
+    write_video(frames.frames, path)
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":
