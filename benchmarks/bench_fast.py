@@ -26,8 +26,7 @@ from sdlab.generate import GenerateParams, denoiser, generate, last_record, prep
 from sdlab.models import Parts, load
 from sdlab.sampler import denoise
 from sdlab.surgery import Conditioning
-from sdlab.tiny.benchmark import benchmark_prompts
-from sdlab.tiny.judge import ATTRIBUTES, judge
+from sdlab.tiny.benchmark import accuracy, benchmark_prompts
 
 SETTINGS = {
     "exact": {},
@@ -75,14 +74,7 @@ def quality(n: int, names: list[str], batch: int = 25, exact_file: str | None = 
             np.savez_compressed(exact_file, images=np.stack(images[name]))
     out = {"prompts": n, "seconds": seconds, "accuracy": {}, "mean_abs_pixel_diff": {}}
     for name, ims in images.items():
-        hits = {k: [] for k in (*ATTRIBUTES, "all")}
-        for image, p in zip(ims, prompts, strict=True):
-            got = judge(image).attributes()
-            ok = [got[k] == v for k, v in p.scene.attributes.items()]
-            for k, v in zip(p.scene.attributes, ok, strict=True):
-                hits[k].append(v)
-            hits["all"].append(all(ok))
-        out["accuracy"][name] = {k: float(np.mean(v)) for k, v in hits.items()}
+        out["accuracy"][name] = accuracy(ims, prompts)
         out["mean_abs_pixel_diff"][name] = float(np.mean(
             [np.abs(a.astype(float) - b.astype(float)).mean()
              for a, b in zip(ims, images["exact"], strict=True)]))
