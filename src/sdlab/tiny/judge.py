@@ -1,11 +1,12 @@
 """The judge: reads a world image back into (background, shape, color, position, size).
 
-Deterministic image analysis, no learning: the background is the nearest named colour
-to the border's median; the shape's colour the nearest to the median of the pixels
-farthest from the background; a soft coverage mask (alpha) comes from projecting each
-pixel onto the background->shape colour line; position is the mask's centroid, size the
-radius that explains its area, and the shape the template (drawn at that centroid and
-radius) that overlaps the mask best. Soft edges and blur are tolerated by design.
+Deterministic image analysis, no learning: the background's colour is the border's
+median; the shape's colour the median of the pixels farthest from the background. Each is
+read as a continuous colour (RGB and HSL) and named by the world's colour regions. A soft
+coverage mask (alpha) comes from projecting each pixel onto the background->shape colour
+line; position is the mask's centroid, size the radius that explains its area, and the
+shape the template (drawn at that centroid and radius) that overlaps the mask best.
+Soft edges and blur are tolerated by design.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ ALPHA_FLOOR = 0.15  # coverage below this is treated as background noise
 class Judgement:
     background: str
     color: str | None
+    background_rgb: tuple[float, float, float]
+    color_rgb: tuple[float, float, float] | None  # None when no shape is seen
     shape: str | None
     position: str | None
     size: str | None
@@ -41,6 +44,16 @@ class Judgement:
 
     def attributes(self) -> dict[str, str | None]:
         return {k: getattr(self, k) for k in ATTRIBUTES}
+
+    @property
+    def background_hsl(self) -> tuple[float, float, float]:
+        """(hue degrees, saturation, lightness) of the background."""
+        return world.hsl(self.background_rgb)
+
+    @property
+    def color_hsl(self) -> tuple[float, float, float] | None:
+        """(hue degrees, saturation, lightness) of the shape, None when no shape is seen."""
+        return None if self.color_rgb is None else world.hsl(self.color_rgb)
 
 
 def _as_array(image) -> np.ndarray:
@@ -61,15 +74,8 @@ def _as_array(image) -> np.ndarray:
     return arr
 
 
-_NAMES = list(world.COLORS)
-_PALETTE = np.array([world.COLORS[n] for n in _NAMES], dtype=np.float32)
-
-
-def nearest_color(rgb: np.ndarray, exclude: str | None = None) -> str:
-    d = np.linalg.norm(_PALETTE - rgb[None, :], axis=1)
-    if exclude is not None:
-        d[_NAMES.index(exclude)] = np.inf
-    return _NAMES[int(np.argmin(d))]
+def _rgb(values: np.ndarray) -> tuple[float, float, float]:
+    return tuple(float(v) for v in values)  # type: ignore[return-value]
 
 
 @cache
@@ -99,13 +105,13 @@ def judge(image) -> Judgement:
     arr = _as_array(image)
     border = np.concatenate([arr[0], arr[-1], arr[1:-1, 0], arr[1:-1, -1]])
     bg = np.median(border, axis=0)
-    background = nearest_color(bg)
+    background = world.color_name(bg)
     dist = np.linalg.norm(arr - bg, axis=2)
     if dist.max() < MIN_CONTRAST:
-        return Judgement(background, None, None, None, None, {}, 0.0, (0.0, 0.0))
+        return Judgement(background, None, _rgb(bg), None, None, None, None, {}, 0.0, (0.0, 0.0))
     core = dist >= 0.8 * dist.max()
     fg = np.median(arr[core], axis=0)
-    color = nearest_color(fg, exclude=background)
+    color = world.color_name(fg)
     alpha = coverage(arr, bg, fg)
     area = float(alpha.sum())
     ys, xs = np.mgrid[0 : arr.shape[0], 0 : arr.shape[1]]
@@ -129,7 +135,8 @@ def judge(image) -> Judgement:
     shape = max(scores, key=scores.get)
     radius = radii[shape]
     size = "large" if radius >= world.SIZE_THRESHOLD else "small"
-    return Judgement(background, color, shape, position, size, scores, radius, (cx, cy))
+    return Judgement(background, color, _rgb(bg), _rgb(fg), shape, position, size, scores,
+                     radius, (cx, cy))
 
 
 def score(judgement: Judgement, scene: world.Scene | dict[str, str]) -> dict[str, bool]:

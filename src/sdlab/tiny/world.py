@@ -3,10 +3,18 @@
 One flat-coloured shape on a plain background, 64x64 RGB, with a caption. Everything is
 deterministic from a seed and drawn with PIL at 4x, then box-downsampled (anti-aliased).
 A fixed set of colour x shape pairs is held out of training to test generalisation.
+
+Colours are continuous: each named colour is a region of HSL space (a hue sector for the
+six hues, the light and dark ends for white and black), and a scene's shape and background
+colours are drawn from a triangular distribution over their region, peaked at the name's
+typical colour and reaching the region's edges, where it meets its neighbours. A caption
+names the region (`color_name` reads it back), so between "red" and "blue" lie purples,
+between "red" and "yellow" oranges: the manifold a mix or a guide can move along.
 """
 
 from __future__ import annotations
 
+import colorsys
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -17,7 +25,7 @@ from PIL import Image, ImageDraw
 IMAGE_SIZE = 64
 SUPERSAMPLE = 4
 
-# Well separated in RGB (smallest pairwise distance ~80, orange vs yellow).
+# Each name's typical colour (the mode of its distribution; well separated in RGB).
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -46,6 +54,76 @@ SIZE_THRESHOLD = 11.75  # radius between small and large, used by the judge
 POSITION_JITTER = 2.0
 RADIUS_JITTER = 0.5
 
+# ---- colour regions (HSL: hue in degrees, saturation and lightness in 0..1) ------------------
+# Hue sectors of the six hues: each runs from the previous boundary to its own.
+HUE_BOUNDARIES: dict[str, float] = {
+    "red": 17.0, "orange": 43.0, "yellow": 80.0, "green": 185.0, "blue": 255.0,
+    "purple": 330.0,
+}  # fmt: skip
+WHITE_LIGHTNESS = 0.75  # at or above: white, whatever the hue
+BLACK_LIGHTNESS = 0.2  # at or below: black
+GREY_SATURATION = 0.35  # below: white or black by lightness (the world draws no greys)
+CHROMA_SATURATION = (0.4, 1.0)  # saturation range of the six hues
+MIN_CONTRAST = 60.0  # a shape differs from its background by at least this RGB distance
+
+
+def hsl(rgb) -> tuple[float, float, float]:
+    """(hue in degrees 0..360, saturation 0..1, lightness 0..1) of an RGB colour in 0..255."""
+    r, g, b = (float(v) / 255.0 for v in rgb)
+    h, lightness, s = colorsys.rgb_to_hls(min(max(r, 0.0), 1.0), min(max(g, 0.0), 1.0),
+                                          min(max(b, 0.0), 1.0))
+    return 360.0 * h, s, lightness
+
+
+def hue_name(hue: float) -> str:
+    """The named hue whose sector holds `hue` (degrees)."""
+    hue %= 360.0
+    for name, upper in HUE_BOUNDARIES.items():
+        if hue < upper:
+            return name
+    return "red"  # the sector wraps round through 0
+
+
+def color_name(rgb) -> str:
+    """The name of the region an RGB colour (0..255) lies in."""
+    hue, s, lightness = hsl(rgb)
+    if lightness >= WHITE_LIGHTNESS:
+        return "white"
+    if lightness <= BLACK_LIGHTNESS:
+        return "black"
+    if s < GREY_SATURATION:
+        return "white" if lightness >= 0.5 else "black"
+    return hue_name(hue)
+
+
+def _sector(name: str) -> tuple[float, float]:
+    names = list(HUE_BOUNDARIES)
+    k = names.index(name)
+    return HUE_BOUNDARIES[names[k - 1]] - (360.0 if k == 0 else 0.0), HUE_BOUNDARIES[name]
+
+
+def _triangular(rng: np.random.Generator, lo: float, mode: float, hi: float) -> float:
+    return float(rng.triangular(lo, min(max(mode, lo), hi), hi))
+
+
+def sample_color(name: str, rng: np.random.Generator) -> tuple[int, int, int]:
+    """A colour drawn from the region `name` names, peaked at COLORS[name]."""
+    hue, s, lightness = hsl(COLORS[name])
+    while True:
+        if name in ("white", "black"):
+            h = float(rng.uniform(0.0, 360.0))
+            sat = _triangular(rng, 0.0, 0.0, 0.6)
+            lit = (_triangular(rng, WHITE_LIGHTNESS, lightness, 1.0) if name == "white"
+                   else _triangular(rng, 0.0, lightness, BLACK_LIGHTNESS))
+        else:
+            lo, hi = _sector(name)
+            h = _triangular(rng, lo, hue if hue < hi else hue - 360.0, hi) % 360.0
+            sat = _triangular(rng, *CHROMA_SATURATION[:1], s, CHROMA_SATURATION[1])
+            lit = _triangular(rng, BLACK_LIGHTNESS, lightness, WHITE_LIGHTNESS)
+        rgb = tuple(int(round(255.0 * v)) for v in colorsys.hls_to_rgb(h / 360.0, lit, sat))
+        if color_name(rgb) == name:  # rounding at a region's edge can step over it
+            return rgb  # type: ignore[return-value]
+
 # Colour x shape pairs never shown in training (one per colour/shape at most, ~10%).
 HELD_OUT: frozenset[tuple[str, str]] = frozenset(
     {
@@ -70,6 +148,8 @@ class Scene:
     cx: float
     cy: float
     radius: float
+    rgb: tuple[int, int, int]  # the shape's colour, in the region `color` names
+    bg_rgb: tuple[int, int, int]  # the background's, in the region `background` names
 
     @property
     def attributes(self) -> dict[str, str]:
@@ -109,7 +189,9 @@ def make_scene(
     size: str,
     rng: np.random.Generator | None = None,
 ) -> Scene:
-    """A scene with the given attributes; `rng` adds small position/size jitter."""
+    """A scene with the given attributes. Without `rng` it is drawn exactly: the names'
+    typical colours, the position's centre and the size's radius; `rng` draws the colours
+    from their regions and adds small position/size jitter."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES}")
     for c in (color, background):
@@ -123,7 +205,20 @@ def make_scene(
         cx += rng.uniform(-POSITION_JITTER, POSITION_JITTER)
         cy += rng.uniform(-POSITION_JITTER, POSITION_JITTER)
         radius += rng.uniform(-RADIUS_JITTER, RADIUS_JITTER)
-    return Scene(shape, color, background, position, size, float(cx), float(cy), float(radius))
+    rgb, bg_rgb = _scene_colors(color, background, rng)
+    return Scene(shape, color, background, position, size, float(cx), float(cy), float(radius),
+                 rgb, bg_rgb)
+
+
+def _scene_colors(color: str, background: str, rng: np.random.Generator | None
+                  ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    if rng is None:
+        return COLORS[color], COLORS[background]
+    while True:
+        rgb, bg_rgb = sample_color(color, rng), sample_color(background, rng)
+        if math.dist(rgb, bg_rgb) >= MIN_CONTRAST:
+            return rgb, bg_rgb
+
 
 
 def sample_scene(rng: np.random.Generator, split: str = "train") -> Scene:
@@ -189,8 +284,8 @@ def render_mask(shape: str, cx: float, cy: float, r: float, size: int = IMAGE_SI
 def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     """The scene as an (size, size, 3) uint8 RGB array."""
     alpha = render_mask(scene.shape, scene.cx, scene.cy, scene.radius, size)[..., None]
-    fg = np.array(COLORS[scene.color], dtype=np.float32)
-    bg = np.array(COLORS[scene.background], dtype=np.float32)
+    fg = np.array(scene.rgb, dtype=np.float32)
+    bg = np.array(scene.bg_rgb, dtype=np.float32)
     img = alpha * fg + (1.0 - alpha) * bg
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
