@@ -6,6 +6,7 @@ words), 40 of them on colour x shape pairs held out of training; fixed seeds, LM
 Also the VAE round trip (PSNR on unseen images) and the time for one 30-step image.
 
     python -m sdlab.tiny.benchmark [FOLDER] [--n 200] [--no-write]
+    python -m sdlab.tiny.benchmark [FOLDER] --graded [--no-write]   # sdlab.tiny.graded
 """
 
 from __future__ import annotations
@@ -273,8 +274,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--sheet", default=None, help="save a PNG contact sheet of the images")
+    parser.add_argument("--graded", action="store_true",
+                        help="run the graded-behaviour benchmark (sdlab.tiny.graded) instead; "
+                             "saved under 'graded' in benchmark.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if args.graded:
+        from sdlab.tiny.graded import benchmark_folder, summary  # it imports this module
+
+        print(summary(benchmark_folder(args.folder, write=not args.no_write)))  # noqa: T201
+        return
     result = run_benchmark(args.folder, n=args.n, n_low_guidance=min(100, args.n),
                            write=not args.no_write)
     if args.sheet:

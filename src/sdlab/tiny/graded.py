@@ -520,3 +520,15 @@ def summary(result: GradedResult) -> str:
     """One line per measure: rate, bar, met."""
     return "\n".join(f"{r.name}: {r.hits}/{r.n} = {r.rate:.0%} (bar {r.bar:.0%}) "
                      f"{'met' if r.met else 'NOT met'}" for r in result.rates)
+
+
+def benchmark_folder(folder: str | Path, write: bool = True, progress: bool = True
+                     ) -> GradedResult:
+    """Load the model in `folder`, run every measure, and (with write) save the result in
+    its benchmark.json under "graded"."""
+    from sdlab.models import load
+
+    result = run_graded(load(str(folder)), progress=progress)
+    if write:
+        save_graded(folder, result)
+    return result
