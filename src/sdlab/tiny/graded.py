@@ -70,7 +70,6 @@ INTERPOLATION_FRAMES = 5
 MIX_PAIRS = (("red", "blue"), ("red", "yellow"), ("green", "purple"))
 MIX_BACKGROUND = "white"
 HUE_TOLERANCE = 0.1  # of the arc: a step back smaller than this still counts as monotone
-HUE_CASES = 30  # seed x pair cases, the pairs in turn
 HUE_BAR = 0.8
 
 # The blue guide's scale ladder, from "no change" to "clearly bluer" on the model.
@@ -80,13 +79,14 @@ BLUE_DECODER = "full"
 BLUE_TARGET = 0.9  # guidance.blue_loss pulls the blue channel towards this
 BLUE_RISE = 0.1  # of the blue mean, 0..1: "clearly bluer"
 BLUE_TOLERANCE = 0.01  # a fall smaller than this still counts as monotone
-BLUE_CASES = 20
 BLUE_BAR = 0.8
 
 IMG2IMG_STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
 DISTANCE_TOLERANCE = 0.005  # of the mean pixel distance, 0..1
-IMG2IMG_CASES = 20
 IMG2IMG_BAR = 0.9
+
+# How many cases each measure runs (mix and interpolation: seed x pair, the pairs in turn).
+CASES = {"mix": 30, "interpolation": 30, "blue": 20, "img2img": 20}
 
 
 # --- results -----------------------------------------------------------------------------
@@ -106,7 +106,7 @@ class Rate:
     @classmethod
     def of(cls, name: str, oks: Sequence[bool], bar: float) -> Rate:
         hits = sum(bool(ok) for ok in oks)
-        rate = hits / len(oks) if oks else float("nan")
+        rate = hits / len(oks) if oks else 0.0  # no case: not met
         return cls(name, hits, len(oks), rate, bar, bool(oks) and rate >= bar)
 
 
@@ -371,7 +371,7 @@ def run_hue_case(parts: Parts, spec: HueSpec, entries: Sequence[tuple[str, ...]]
 @dataclass(frozen=True)
 class BlueSpec:
     prompt: str
-    shape: str
+    scene: world.Scene  # the scene the prompt names
     seed: int
 
 
@@ -384,7 +384,7 @@ def blue_specs(n: int, seed: int) -> list[BlueSpec]:
         scene = world.sample_scene(rng, "train")
         if world.COLORS[scene.background][2] / 255.0 + BLUE_RISE > BLUE_TARGET:
             continue
-        specs.append(BlueSpec(scene_prompt(scene, rng), scene.shape, seed + len(specs)))
+        specs.append(BlueSpec(scene_prompt(scene, rng), scene, seed + len(specs)))
     return specs
 
 
@@ -404,9 +404,10 @@ def run_blue_case(parts: Parts, spec: BlueSpec, scales: Sequence[float] = BLUE_S
     means = tuple(blue_mean(im) for im in images)
     shapes = tuple(judge(im).shape for im in images)
     k = first_rise(means, BLUE_RISE)
-    return BlueCase(spec.prompt, spec.shape, spec.seed, means, shapes,
+    shape = spec.scene.shape
+    return BlueCase(spec.prompt, shape, spec.seed, means, shapes,
                     rises(means, BLUE_TOLERANCE), None if k is None else float(scales[k]),
-                    k is not None and shapes[k] == spec.shape)
+                    k is not None and shapes[k] == shape)
 
 
 @dataclass(frozen=True)
@@ -489,18 +490,19 @@ def img2img_measure(cases: Sequence[Img2ImgCase]) -> Img2ImgMeasure:
                 [c.follows_prompt for c in cases], IMG2IMG_BAR), tuple(cases))
 
 
-def run_graded(parts: Parts, hue_cases: int = HUE_CASES, blue_cases: int = BLUE_CASES,
-               img2img_cases: int = IMG2IMG_CASES, scales: Sequence[float] = BLUE_SCALES,
-               progress: bool = False) -> GradedResult:
-    """All four measures on a loaded model."""
-    mix = _each(hue_specs(hue_cases, SEEDS["mix"]),
+def run_graded(parts: Parts, cases: dict[str, int] | None = None,
+               scales: Sequence[float] = BLUE_SCALES, progress: bool = False) -> GradedResult:
+    """All four measures on a loaded model; `cases` sets how many of each measure's cases
+    run (the first k of its fixed list; default CASES)."""
+    n = {**CASES, **(cases or {})}
+    mix = _each(hue_specs(n["mix"], SEEDS["mix"]),
                 lambda s: run_hue_case(parts, s, mix_entries(s)), "mix", progress)
-    interp = _each(hue_specs(hue_cases, SEEDS["interpolation"]),
+    interp = _each(hue_specs(n["interpolation"], SEEDS["interpolation"]),
                    lambda s: run_hue_case(parts, s, interpolation_entries(s)), "interpolate",
                    progress)
-    blue = _each(blue_specs(blue_cases, SEEDS["blue"]),
+    blue = _each(blue_specs(n["blue"], SEEDS["blue"]),
                  lambda s: run_blue_case(parts, s, scales), "blue", progress)
-    i2i = _each(img2img_specs(img2img_cases, SEEDS["img2img"]),
+    i2i = _each(img2img_specs(n["img2img"], SEEDS["img2img"]),
                 lambda s: run_img2img_case(parts, s), "img2img", progress)
     return GradedResult(parts.model_id, STEPS, GUIDANCE, SCHEDULER, hue_measure("mix", mix),
                         hue_measure("interpolation", interp), blue_measure(blue, scales),

@@ -1,0 +1,209 @@
+"""The graded-behaviour benchmark (sdlab.tiny.graded): its hue-arc and monotone logic on
+synthetic values and world images, and each graded behaviour on the first cases of its own
+fixed lists, on the bundled model (or the folder SDLAB_GRADED_MODEL names)."""
+
+from __future__ import annotations
+
+import colorsys
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdlab.models import BUNDLED_NAME, Parts, load
+from sdlab.tiny import graded, world
+from sdlab.tiny.benchmark import benchmark_prompts
+from sdlab.tiny.judge import judge
+
+# --- the hue arc -------------------------------------------------------------------------
+
+
+def test_wrap_degrees_keeps_angles_in_minus_180_to_180() -> None:
+    for angle in (-725.0, -540.0, -190.0, -180.0, -1.5, 0.0, 37.0, 180.0, 190.0, 900.0):
+        wrapped = graded.wrap_degrees(angle)
+        assert -180.0 < wrapped <= 180.0
+        assert (wrapped - angle) % 360.0 == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("pair", graded.MIX_PAIRS)
+def test_arc_fraction_runs_from_0_at_the_start_to_1_at_the_end(pair: tuple[str, str]) -> None:
+    start, end = pair
+    h_start, h_end = graded.typical_hue(start), graded.typical_hue(end)
+    arc = graded.wrap_degrees(h_end - h_start)
+    assert graded.arc_fraction(h_start, start, end) == pytest.approx(0.0, abs=1e-9)
+    assert graded.arc_fraction(h_end, start, end) == pytest.approx(1.0)
+    # off the arc too, as far as a signed offset from the start reaches (half the circle);
+    # the circle wraps: 360 degrees further is the same hue
+    for p in (0.25, 0.5, 0.75, -0.2, 1.1):
+        assert abs(p * arc) < 180.0
+        hue = (h_start + p * arc) % 360.0
+        assert graded.arc_fraction(hue, start, end) == pytest.approx(p)
+        assert graded.arc_fraction(hue + 360.0, start, end) == pytest.approx(p)
+    # reversed, the same arc is walked the other way
+    assert graded.arc_fraction(h_start + 0.25 * arc, end, start) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("pair", graded.MIX_PAIRS)
+def test_each_pairs_short_arc_crosses_another_named_colour(pair: tuple[str, str]) -> None:
+    start, end = pair
+    h_start = graded.typical_hue(start)
+    arc = graded.wrap_degrees(graded.typical_hue(end) - h_start)
+    middle = world.hue_name(h_start + 0.5 * arc)
+    assert middle not in pair
+    assert abs(arc) < 180.0 - 10.0  # short enough that the way round is not in doubt
+
+
+def test_chromatic_follows_the_worlds_colour_names() -> None:
+    rng = np.random.default_rng(0)
+    for name in world.COLOR_NAMES:
+        for _ in range(20):
+            rgb = world.sample_color(name, rng)
+            assert graded.chromatic(world.hsl(rgb)) == (name not in ("white", "black"))
+    assert not graded.chromatic(None)
+
+
+# --- monotone and in-between, on world images read by the judge ---------------------------
+
+
+def _shape_image(hue: float | None, shape: str = "square") -> Image.Image:
+    """A large centred shape on white in a saturated colour of `hue` (None: black)."""
+    scene = world.make_scene(shape, "red", "white", "center", "large")
+    rgb = world.COLORS["black"] if hue is None else tuple(
+        int(round(255 * v)) for v in colorsys.hls_to_rgb((hue % 360.0) / 360.0, 0.5, 0.75))
+    return Image.fromarray(world.render(dataclasses.replace(scene, rgb=rgb)))
+
+
+def _case_from_fractions(start: str, end: str, fractions: list[float | None]
+                         ) -> graded.HueCase:
+    h_start = graded.typical_hue(start)
+    arc = graded.wrap_degrees(graded.typical_hue(end) - h_start)
+    spec = graded.HueSpec(start, end, "square", 0, f"a {start} square", f"a {end} square")
+    images = [_shape_image(None if p is None else h_start + p * arc) for p in fractions]
+    return graded.hue_case(spec, graded.MIX_WEIGHTS, [judge(im) for im in images])
+
+
+@pytest.mark.parametrize("pair", graded.MIX_PAIRS)
+def test_a_hue_walking_the_arc_is_monotone_and_in_between(pair: tuple[str, str]) -> None:
+    case = _case_from_fractions(*pair, [0.0, 0.25, 0.5, 0.75, 1.0])
+    assert case.colors[0] == pair[0] and case.colors[-1] == pair[1]
+    assert case.monotone and case.in_between
+    # a step back inside the tolerance still counts
+    small = 0.5 * graded.HUE_TOLERANCE
+    assert _case_from_fractions(*pair, [0.0, 0.5, 0.5 - small, 0.75, 1.0]).monotone
+
+
+def test_what_breaks_monotone_and_in_between() -> None:
+    start, end = graded.MIX_PAIRS[0]
+    back = 0.25 + 2 * graded.HUE_TOLERANCE
+    stepping_back = _case_from_fractions(start, end, [0.0, back, 0.25, 0.75, 1.0])
+    assert not stepping_back.monotone and stepping_back.in_between
+    black_middle = _case_from_fractions(start, end, [0.0, 0.25, None, 0.75, 1.0])
+    assert black_middle.colors[2] == "black"
+    assert not black_middle.monotone and not black_middle.in_between
+    reversed_ends = _case_from_fractions(start, end, [1.0, 0.75, 0.5, 0.25, 0.0])
+    assert not reversed_ends.monotone
+    stuck_at_start = _case_from_fractions(start, end, [0.0, 0.0, 0.0, 1.0, 1.0])
+    assert stuck_at_start.monotone and not stuck_at_start.in_between
+
+
+def test_rises_and_first_rise() -> None:
+    tol = graded.BLUE_TOLERANCE
+    base = [0.2, 0.2, 0.25, 0.4, 0.6]
+    assert graded.rises(base, tol)
+    assert graded.rises([*base[:3], base[2] - 0.5 * tol, *base[3:]], tol)
+    assert not graded.rises([*base[:3], base[2] - 2 * tol, *base[3:]], tol)
+    assert not graded.rises([0.3] * 5, tol)  # flat: no rise at all
+    rise = graded.BLUE_RISE
+    values = [0.2, 0.2 + 0.5 * rise, 0.2 + rise, 0.2 + 3 * rise]
+    assert graded.first_rise(values, rise) == 2
+    assert graded.first_rise(values[:2], rise) is None
+
+
+def test_rate_says_whether_the_bar_is_met() -> None:
+    bar = graded.HUE_BAR
+    n = 10
+    enough = int(np.ceil(bar * n))
+    met = graded.Rate.of("x", [True] * enough + [False] * (n - enough), bar)
+    assert (met.hits, met.n, met.rate, met.met) == (enough, n, enough / n, True)
+    short = graded.Rate.of("x", [True] * (enough - 1) + [False] * (n - enough + 1), bar)
+    assert not short.met
+    assert not graded.Rate.of("x", [], bar).met
+
+
+# --- the cases ---------------------------------------------------------------------------
+
+
+def test_cases_use_unseen_seeds_and_fit_their_measure() -> None:
+    suite_seeds = {p.seed for p in benchmark_prompts()}
+    hue = graded.hue_specs(6, graded.SEEDS["mix"])
+    assert [(s.start, s.end) for s in hue] == list(graded.MIX_PAIRS) * 2
+    for s in hue:  # worded alike but the colour word
+        assert re.sub(rf"\b{s.start}\b", s.end, s.prompt_start) == s.prompt_end
+        assert graded.MIX_BACKGROUND in s.prompt_start
+    blue = graded.blue_specs(10, graded.SEEDS["blue"])
+    for s in blue:
+        assert world.COLORS[s.scene.background][2] / 255 + graded.BLUE_RISE <= graded.BLUE_TARGET
+        assert s.scene.shape in s.prompt and s.scene.background in s.prompt
+    pairs = graded.img2img_specs(10, graded.SEEDS["img2img"])
+    for s in pairs:
+        assert s.target.shape != s.source.shape and s.target.color != s.source.color
+        assert s.target.shape in s.prompt and s.target.color in s.prompt
+    seeds = [s.seed for s in [*hue, *blue, *pairs]]
+    assert len(set(seeds)) == len(seeds) and not suite_seeds & set(seeds)
+    # the first k cases of a longer list are the k cases
+    assert graded.hue_specs(3, graded.SEEDS["mix"]) == hue[:3]
+    assert [graded.mix_entries(s) for s in hue] == [graded.interpolation_entries(s)
+                                                     for s in hue]
+
+
+# --- the graded behaviours on the model ----------------------------------------------------
+
+# The first cases of each measure's fixed list (the benchmark's own, in its order).
+TEST_CASES = {"mix": 3, "interpolation": 1, "blue": 2, "img2img": 2}
+
+
+@pytest.fixture(scope="module")
+def model() -> Parts:
+    return load(os.environ.get("SDLAB_GRADED_MODEL", BUNDLED_NAME))
+
+
+@pytest.fixture(scope="module")
+def result(model: Parts) -> graded.GradedResult:
+    return graded.run_graded(model, TEST_CASES)
+
+
+def test_a_mix_moves_the_hue_from_one_colour_to_the_other(result: graded.GradedResult
+                                                           ) -> None:
+    for case in (*result.mix.cases, *result.interpolation.cases):
+        assert case.monotone, (case.prompt_start, case.colors, case.fractions)
+        assert case.in_between, (case.prompt_start, case.hsl[2], case.fractions[2])
+
+
+def test_the_blue_guide_makes_the_image_bluer_and_keeps_the_shape(
+        result: graded.GradedResult) -> None:
+    for case in result.blue.cases:
+        assert case.monotone, (case.prompt, case.blue_means)
+        assert case.shape_kept, (case.prompt, case.first_rise, case.shapes)
+
+
+def test_img2img_strength_moves_from_the_input_to_the_prompt(
+        result: graded.GradedResult) -> None:
+    for case in result.img2img.cases:
+        assert case.monotone, (case.prompt, case.distances)
+        assert case.keeps_source, (case.source, case.colors[0], case.shapes[0])
+        assert case.follows_prompt, (case.prompt, case.colors[-1], case.shapes[-1])
+
+
+def test_the_result_is_saved_beside_the_benchmark(result: graded.GradedResult,
+                                                   tmp_path: Path) -> None:
+    (tmp_path / "benchmark.json").write_text(json.dumps({"prompts": 200}))
+    graded.save_graded(tmp_path, result)
+    saved = json.loads((tmp_path / "benchmark.json").read_text())
+    assert saved["prompts"] == 200
+    assert saved["graded"] == json.loads(json.dumps(result.to_dict()))
+    assert saved["graded"]["mix"]["monotone"]["rate"] == result.mix.monotone.rate
