@@ -24,7 +24,7 @@ from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
 from tqdm.auto import tqdm
 
 from sdlab.tiny import world
-from sdlab.tiny.common import images_to_tensor, psnr, random_images, tensor_to_images
+from sdlab.tiny.imaging import images_to_tensor, psnr, random_images, tensor_to_images
 from sdlab.tiny.judge import ATTRIBUTES, judge
 
 log = logging.getLogger("sdlab.tiny.benchmark")
