@@ -231,7 +231,8 @@ assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_train_tiny_refuses_a_folder_of_other_files(tmp_path: Path) -> None:
-    from sdlab.tiny.cli import DEFAULT_OUT, train_tiny
+    from training.cli import DEFAULT_OUT
+    from training.cli import main as train_tiny
 
     assert "assets" not in DEFAULT_OUT.parts  # a bare run never replaces the bundled model
     mine = tmp_path / "mine"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sdlab.tiny import world
-from sdlab.tiny.train_unet import mislabel, pool_scenes
+from training.unet import mislabel, pool_scenes
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.3])

@@ -5,7 +5,7 @@ import numpy as np
 
 from sdlab.tiny import world
 from sdlab.tiny.benchmark import benchmark_prompts
-from sdlab.tiny.filler import add_filler, filler_words, reserved_words
+from training.filler import add_filler, filler_words, reserved_words
 
 
 def test_benchmark_and_world_words_are_never_filler():

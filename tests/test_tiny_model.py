@@ -74,7 +74,7 @@ def test_preview_map_predicts_colours():
     from sdlab import vae
     from sdlab.models import load
     from sdlab.preview import preview_for
-    from sdlab.tiny.common import random_images
+    from sdlab.tiny.imaging import random_images
 
     parts = load(FOLDER)
     images = [Image.fromarray(a) for a in random_images(np.random.default_rng(99), 32, "all")]
@@ -87,12 +87,12 @@ def test_preview_map_predicts_colours():
 
 def test_clip_guide_sees_images_as_the_clip_was_trained():
     """The guide's CLIP features of an image equal the tower's on the training
-    preprocessing ([-1, 1], common.images_to_tensor): clip/ carries its image processor,
+    preprocessing ([-1, 1], imaging.images_to_tensor): clip/ carries its image processor,
     so the guide does not apply OpenAI CLIP's pixel statistics to this CLIP."""
     from sdlab.clip_guidance import clip_for
     from sdlab.models import load
     from sdlab.models import load_split_clip as load_clip
-    from sdlab.tiny.common import images_to_tensor
+    from sdlab.tiny.imaging import images_to_tensor
 
     images = (np.random.default_rng(0).random((2, 64, 64, 3)) * 255).astype(np.uint8)
     scorer = clip_for(load(str(FOLDER)))
@@ -110,7 +110,7 @@ def test_card_renders_the_measured_numbers():
     from diffusers import AutoencoderKL
 
     from sdlab.tiny.card import bar_checks, render_card
-    from sdlab.tiny.train_vae import closest_palette_pair
+    from training.vae import closest_palette_pair
 
     card = render_card(FOLDER)
     bench = json.loads((FOLDER / "benchmark.json").read_text())
@@ -123,12 +123,13 @@ def test_card_renders_the_measured_numbers():
 
 
 def test_card_describes_the_training_options_a_run_used(tmp_path):
-    """The Training section follows the run's config.json: the pair-additivity loss and the
-    end-token swap are described (with their values) only when the run used them."""
+    """The Training section follows the run's config.json: the pair-additivity loss, the
+    padding read-out and the palette margin are described (with their values) only when the
+    run used them."""
     import dataclasses
 
     from sdlab.tiny.card import render_card
-    from sdlab.tiny.common import TinyConfig
+    from training.config import TinyConfig
 
     config = TinyConfig()
     config.clip = dataclasses.replace(config.clip, pair_additivity=0.0, padding_readout=0.0)
@@ -138,17 +139,15 @@ def test_card_describes_the_training_options_a_run_used(tmp_path):
     (plain / "config.json").write_text(json.dumps(config.to_dict()))
     config.clip = dataclasses.replace(config.clip, pair_additivity=2.5, additivity_captions=24,
                                       padding_readout=3.0)
-    config.unet = dataclasses.replace(config.unet, end_swap=0.75)
     config.vae = dataclasses.replace(config.vae, palette_margin=0.2, palette_gap=1.5)
     used = tmp_path / "used"
     used.mkdir()
     (used / "config.json").write_text(json.dumps(config.to_dict()))
     without, with_both = render_card(FOLDER, plain), render_card(FOLDER, used)
-    assert "a pair-additivity loss" not in without and "end-token states swapped" not in without
+    assert "a pair-additivity loss" not in without
     assert "read-out of every attribute from the mean" not in without
     assert "Plus 3x a read-out of every attribute from the mean of the padding" in with_both
     assert "Plus 2.5x a pair-additivity loss: 24 captions of each batch" in with_both
-    assert "in every phase 75% of the captions' end-token states swapped" in with_both
     assert "x a palette-margin loss" not in without
     assert "Plus 0.2x a palette-margin loss" in with_both
     assert "a hinge at 1.5 latent std" in with_both
@@ -158,7 +157,7 @@ def test_card_gives_each_stage_s_minutes_and_the_end_to_end_time(tmp_path):
     """Stage minutes come from the loss logs (a resumed stage's restarted clock summed), and
     the end-to-end time takes the slower stage of each side-by-side pair."""
     from sdlab.tiny.card import STAGES, render_card
-    from sdlab.tiny.common import LossLog
+    from training.fit import LossLog
 
     runs = {"vae": [[0, 600]], "clip": [[0, 900]], "unet": [[0, 1200], [0, 1800]],
             "vae_decoder": [[0, 600]]}

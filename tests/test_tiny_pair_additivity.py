@@ -8,17 +8,18 @@ import pytest
 import torch
 
 from sdlab.tiny import world
-from sdlab.tiny.common import TinyConfig, step_rng
-from sdlab.tiny.train_clip import (
+from training.clip import (
     AttributeHeads,
     build_clip,
     clip_batch,
-    clip_step,
+    clip_losses,
     load_tokenizer,
     pair_additivity_loss,
     pair_square,
     tokenize,
 )
+from training.config import TinyConfig
+from training.fit import optimizer_step, step_rng
 
 
 def test_a_square_changes_colour_shape_and_both_and_stays_in_training():
@@ -79,11 +80,13 @@ def test_the_loss_is_zero_for_an_additive_encoder_and_not_for_a_trained_one():
 def _train(cfg, steps: int) -> torch.nn.Module:
     torch.manual_seed(0)
     tok, model, heads = load_tokenizer(), build_clip(cfg), AttributeHeads(cfg.projection_dim)
-    opt = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=cfg.lr)
+    params = list(model.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
     squares = cfg.additivity_captions if cfg.pair_additivity > 0 else 0
     for step in range(steps):
         batch = clip_batch(step_rng(0, 2, step), cfg.batch_size, squares=squares)
-        values = clip_step(model, heads, opt, tok, cfg, batch)
+        loss, values = clip_losses(model, heads, tok, cfg, batch)
+        optimizer_step(opt, loss, params)
         assert ("pair_additivity" in values) == (cfg.pair_additivity > 0)
     return model.eval()
 
@@ -126,7 +129,11 @@ def test_training_with_the_padding_readout_makes_it_fall():
     torch.manual_seed(0)
     tok, model = load_tokenizer(), build_clip(cfg)
     heads = AttributeHeads(cfg.projection_dim, cfg.hidden_size)
-    opt = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=cfg.lr)
-    losses = [clip_step(model, heads, opt, tok, cfg, clip_batch(step_rng(0, 2, step), 32))
-              ["padding_readout"] for step in range(cfg.steps)]
+    params = list(model.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    losses = []
+    for step in range(cfg.steps):
+        loss, values = clip_losses(model, heads, tok, cfg, clip_batch(step_rng(0, 2, step), 32))
+        optimizer_step(opt, loss, params)
+        losses.append(values["padding_readout"])
     assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5]), losses  # 1.75 -> 1.42

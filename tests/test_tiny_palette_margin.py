@@ -4,13 +4,14 @@ import dataclasses
 
 import torch
 
-from sdlab.tiny.common import TinyConfig
-from sdlab.tiny.train_vae import (
+from training.config import TinyConfig
+from training.fit import fit
+from training.vae import (
     build_vae,
     closest_palette_pair,
     palette_latents,
     palette_margin_loss,
-    train_vae,
+    vae_stage,
 )
 
 
@@ -55,6 +56,6 @@ def test_training_with_the_margin_spreads_the_palette(tmp_path):
     spread = {}
     for weight in (0.0, 1.0):
         cfg = dataclasses.replace(base, palette_margin=weight, palette_gap=2.0)
-        vae = train_vae(cfg, 0, tmp_path / f"vae{weight}", resume=False)
+        vae = fit(vae_stage(cfg, 0), tmp_path / f"vae{weight}", resume=False)
         spread[weight] = closest_palette_pair(vae, n=64)[0]
     assert spread[1.0] > 1.3 * spread[0.0], spread

@@ -1,5 +1,7 @@
-"""`train-tiny --quick`: every stage's loss falls and the folder is a loadable SD model."""
+"""`python -m training --quick`: every stage's loss falls and the folder is a loadable SD
+model; the stages resume where they stopped."""
 
+import ast
 import dataclasses
 import json
 import os
@@ -8,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +20,12 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from sdlab.models import load_split_clip as load_clip
-from sdlab.tiny.cli import train_tiny
-from sdlab.tiny.common import LossLog, TinyConfig
-from sdlab.tiny.train import _unet_stage
+from training.cli import main as train_tiny
+from training.config import NO_OP, TinyConfig
+from training.fit import LossLog
+from training.train import run_stage
 
+ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("vae", "clip", "unet")
 
 
@@ -104,8 +109,9 @@ def test_resume_skips_finished_stages(trained):
 def test_vae_loss_weights_the_shape():
     """The reconstruction error counts 1 + fg_weight on the shape and its rim, 1 elsewhere."""
     from sdlab.tiny import world
-    from sdlab.tiny.common import VaeConfig, images_to_tensor
-    from sdlab.tiny.train_vae import foreground_weights, reconstruction_loss
+    from sdlab.tiny.imaging import images_to_tensor
+    from training.config import VaeConfig
+    from training.vae import foreground_weights, reconstruction_loss
 
     scene = world.make_scene("square", "red", "blue", "center", "large")
     x = images_to_tensor(world.render(scene)[None])
@@ -147,7 +153,7 @@ def test_unet_stage_runs_both_phases_and_resumes_inside_the_tune(trained, tmp_pa
     config = TinyConfig.quick(seed=1)
     config.unet = dataclasses.replace(config.unet, caption_noise=0.5, steps=5, tune_steps=0,
                                       calibrate_steps=0)
-    _unet_stage(config, tmp_path, resume=False)
+    run_stage("unet", config, tmp_path, resume=False)
     unet_dir = tmp_path / "unet"
     assert not (unet_dir / "text_cache_noisy.safetensors").exists()  # no tune, no noisy cache
     assert len(LossLog(unet_dir / "log.jsonl").read()) == 5
@@ -157,51 +163,130 @@ def test_unet_stage_runs_both_phases_and_resumes_inside_the_tune(trained, tmp_pa
 
     shutil.rmtree(unet_dir / "final")  # as if stopped at the end of phase 1 (checkpoint 5)
     config.unet = dataclasses.replace(config.unet, tune_steps=3)
-    _unet_stage(config, tmp_path, resume=True)
+    run_stage("unet", config, tmp_path, resume=True)
     noisy = load_file(str(unet_dir / "text_cache_noisy.safetensors"))["states"]
     assert noisy.shape == clean.shape and not torch.equal(clean, noisy)
     assert [r["step"] for r in LossLog(unet_dir / "log.jsonl").read()] == list(range(8))
     assert (unet_dir / "final" / "config.json").is_file()
 
 
+class _Stop(Exception):
+    pass
+
+
+def test_a_unet_stage_stopped_inside_a_phase_resumes_to_the_unbroken_run(trained, tmp_path,
+                                                                          monkeypatch):
+    """Each step's batch comes from its own generator and a checkpoint holds the weights,
+    the EMA and the optimizer (the calibration's teacher its own file): a UNet stage
+    stopped inside the tune and again inside the calibration, and resumed each time, ends
+    with the unbroken run's weights and losses, bit for bit."""
+    import training.fit
+    import training.unet
+
+    _, work, _ = trained
+    config = TinyConfig.quick(seed=1)
+    config.unet = dataclasses.replace(config.unet, steps=4, tune_steps=4, calibrate_steps=3)
+    monkeypatch.setattr(training.fit, "CKPT_EVERY", 3)  # checkpoints after steps 2, 5, 8
+    real_batch = training.unet.training_batch
+
+    def stop_at(at: int):
+        def batch(pool, batch_size, seed, step, *args):
+            if step == at:
+                raise _Stop
+            return real_batch(pool, batch_size, seed, step, *args)
+        return batch
+
+    finals, logs = {}, {}
+    for run, stops in (("unbroken", []), ("resumed", [7, 10])):  # tune 4-7, calibration 8-10
+        root = tmp_path / run
+        (root / "unet").mkdir(parents=True)
+        for stage in ("vae", "clip"):
+            (root / stage).symlink_to(work / stage)
+        for cache in (work / "unet").glob("*_cache*.safetensors"):  # the same seed and pool
+            shutil.copy(cache, root / "unet" / cache.name)
+        for at in stops:
+            monkeypatch.setattr(training.unet, "training_batch", stop_at(at))
+            with pytest.raises(_Stop):
+                run_stage("unet", config, root, resume=True)
+        monkeypatch.setattr(training.unet, "training_batch", real_batch)
+        run_stage("unet", config, root, resume=True)
+        final = root / "unet" / "final" / "diffusion_pytorch_model.safetensors"
+        finals[run] = load_file(str(final))
+        logs[run] = {r["step"]: r["loss"] for r in LossLog(root / "unet" / "log.jsonl").read()}
+    assert [r["step"] for r in LossLog(tmp_path / "resumed" / "unet" / "log.jsonl").read()] == (
+        list(range(7)) + [6, 7, 8, 9] + [9, 10])  # resumed from the checkpoints at 6 and 9
+    assert logs["resumed"] == logs["unbroken"]
+    assert finals["resumed"].keys() == finals["unbroken"].keys()
+    assert all(torch.equal(finals["resumed"][k], v) for k, v in finals["unbroken"].items())
+
+
+def test_a_run_config_reads_back_and_names_only_this_recipe():
+    """A config.json reads back as the config that wrote it; it may name an option this
+    recipe does not have only at the value that leaves the recipe as it is."""
+    config = TinyConfig.quick(seed=3)
+    data = json.loads(json.dumps(config.to_dict()))
+    assert TinyConfig.from_dict(data) == config
+    for stage, options in NO_OP.items():
+        data[stage].update(options)
+    assert TinyConfig.from_dict(data) == config
+    data["unet"]["end_swap"] = 0.5
+    with pytest.raises(ValueError, match="unet.end_swap"):
+        TinyConfig.from_dict(data)
+    data["unet"].pop("end_swap")
+    data["vae"]["beta"] = 1.0
+    with pytest.raises(ValueError, match="vae.beta"):
+        TinyConfig.from_dict(data)
+
+
+# The model card is written from a training run's config and logs (training.config,
+# training.fit) and its VAE's palette measure: the one sdlab module that reads them.
+CARD = Path("sdlab/tiny/card.py")
+
+
+def test_no_runtime_module_imports_the_training_code():
+    """sdlab, the installed package, never imports training/ (which the wheel does not
+    ship)."""
+    importers = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            if any(n == "training" or n.startswith("training.") for n in names):
+                importers.append(path.relative_to(ROOT / "src"))
+    assert set(importers) <= {CARD}, importers
+
+
+def test_python_m_training_is_the_command():
+    """The documented command runs from the repository root and refuses a folder of
+    someone else's files before any work."""
+    done = subprocess.run([sys.executable, "-m", "training", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Usage: python -m training" in done.stdout and "--quick" in done.stdout
+
+
 def test_guidance_tune_batches_use_noisy_captions_as_t_falls():
     """Phase 1 never uses the noisy captions; the tune uses them with probability
     min(1, 2 (1 - t/1000)) and leaves out uncond_prob of the captions."""
-    from sdlab.tiny.common import UnetConfig
-    from sdlab.tiny.train_unet import Pool, ddpm_scheduler, training_batch
+    from training.unet import Pool, ddpm_scheduler, training_batch
 
     n, d = 50, 4
     pool = Pool(latents=torch.zeros(n, 4, 8, 8), states=torch.zeros(n, 77, d),
                 empty=-torch.ones(1, 77, d), noisy_states=torch.ones(n, 77, d))
-    cfg = UnetConfig(batch_size=4000)
     scheduler = ddpm_scheduler()
-    _, t, ctx, *_ = training_batch(pool, cfg, 0, 7, 0.0, 0.0, scheduler)
+    _, t, ctx, _ = training_batch(pool, 4000, 0, 7, 0.0, False, scheduler)
     assert (ctx == 0).all()
-    _, t, ctx, *_ = training_batch(pool, cfg, 0, 7, 0.2, 1.0, scheduler)
+    _, t, ctx, _ = training_batch(pool, 4000, 0, 7, 0.2, True, scheduler)
     kind = ctx[:, 0, 0]
     assert abs((kind == -1).float().mean().item() - 0.2) < 0.03
     kept = kind != -1
     low, high = kept & (t < 500), kept & (t >= 900)
     assert (kind[low] == 1).all()  # always noisy below t = 500
     assert 0.05 < (kind[high] == 1).float().mean().item() < 0.15  # ~2 (1 - t/1000) ~ 0.1
-
-
-def test_calibration_batches_use_noisy_captions_at_a_flat_share():
-    """calibrate_noisy: the same share of noisy captions at every t (no ramp), so the
-    calibration covers small t too."""
-    from sdlab.tiny.common import UnetConfig
-    from sdlab.tiny.train_unet import Pool, ddpm_scheduler, training_batch
-
-    n, d = 50, 4
-    pool = Pool(latents=torch.zeros(n, 4, 8, 8), states=torch.zeros(n, 77, d),
-                empty=-torch.ones(1, 77, d), noisy_states=torch.ones(n, 77, d))
-    batch = training_batch(pool, UnetConfig(batch_size=8000), 0, 7, 0.1, 0.3, ddpm_scheduler(),
-                           ramp=False)
-    kind, t = batch.ctx[:, 0, 0], batch.t
-    assert torch.equal(batch.said_wrong, kind == 1)
-    for part in (t < 300, t >= 700):
-        share = (kind[part] == 1).float().mean().item()
-        assert abs(share - 0.3 * 0.9) < 0.04, share  # 0.3 of the captions not left empty
 
 
 def test_guidance_calibration_learns_from_the_previous_phase(trained, tmp_path):
@@ -214,13 +299,13 @@ def test_guidance_calibration_learns_from_the_previous_phase(trained, tmp_path):
         (tmp_path / stage).symlink_to(work / stage)
     config = TinyConfig.quick(seed=1)
     config.unet = dataclasses.replace(config.unet, steps=5, tune_steps=0, calibrate_steps=0)
-    _unet_stage(config, tmp_path, resume=False)
+    run_stage("unet", config, tmp_path, resume=False)
     unet_dir = tmp_path / "unet"
     ema = {k[4:]: v for k, v in load_file(str(unet_dir / "ckpt" / "weights.safetensors")).items()
            if k.startswith("ema.")}
     shutil.rmtree(unet_dir / "final")  # as if stopped at the end of phase 1
     config.unet = dataclasses.replace(config.unet, calibrate_steps=3, calibrate_lr=0.0)
-    _unet_stage(config, tmp_path, resume=True)
+    run_stage("unet", config, tmp_path, resume=True)
     teacher = load_file(str(unet_dir / "teacher.safetensors"))
     assert teacher.keys() == ema.keys() and all(torch.equal(teacher[k], ema[k]) for k in ema)
     student = load_file(str(unet_dir / "final" / "diffusion_pytorch_model.safetensors"))
@@ -230,14 +315,14 @@ def test_guidance_calibration_learns_from_the_previous_phase(trained, tmp_path):
 
 
 def _quick_unet(seed: int):
-    from sdlab.tiny.train_unet import build_unet
+    from training.unet import build_unet
 
     torch.manual_seed(seed)
     return build_unet(TinyConfig.quick().unet, 32)
 
 
 def test_calibrated_target_is_the_teachers_guided_prediction():
-    from sdlab.tiny.train_unet import calibrated_batch
+    from training.unet import Batch, calibrated_batch
 
     teacher = _quick_unet(0).eval()
     gen = torch.Generator().manual_seed(0)
@@ -248,7 +333,7 @@ def test_calibrated_target_is_the_teachers_guided_prediction():
         eps_c = teacher(noisy, t, encoder_hidden_states=ctx).sample
         eps_u = teacher(noisy, t, encoder_hidden_states=empty.expand(3, -1, -1)).sample
     for scale in (0.0, 0.4, 1.0, 2.0):
-        *_, target = calibrated_batch(teacher, (noisy, t, ctx, None), empty, scale)
+        target = calibrated_batch(teacher, Batch(noisy, t, ctx, None), empty, scale).target
         assert torch.allclose(target, eps_u + scale * (eps_c - eps_u), atol=1e-5)
         assert torch.allclose(target[2], eps_u[2], atol=1e-5)
 
@@ -258,16 +343,15 @@ def test_calibration_shrinks_the_guidance_gap_to_the_scale():
     the teacher's, so guidance g / scale on the student is guidance g on the teacher."""
     import copy
 
-    from sdlab.tiny.train_unet import _optimizer_step, calibrated_batch, ddpm_scheduler
+    from training.fit import optimizer_step
+    from training.unet import Batch, calibrated_batch, unet_loss
 
-    cfg = dataclasses.replace(TinyConfig.quick().unet, ema_decay=0.0)
     teacher = _quick_unet(0).eval()
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a teacher with a real gap between caption and no caption
         for p in teacher.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
     student = copy.deepcopy(teacher).train()
-    ema = copy.deepcopy(teacher)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
     noisy, ctx = torch.randn(16, 4, 8, 8, generator=gen), torch.randn(16, 77, 32, generator=gen)
     empty, t = torch.randn(1, 77, 32, generator=gen), torch.randint(0, 1000, (16,), generator=gen)
@@ -278,65 +362,18 @@ def test_calibration_shrinks_the_guidance_gap_to_the_scale():
             u = model(noisy, t, encoder_hidden_states=empty.expand(16, -1, -1)).sample
         return float((c - u).norm())
 
-    batch = calibrated_batch(teacher, (noisy, t, ctx, None), empty, 0.4)
-    for step in range(60):
-        _optimizer_step(student, ema, opt, ddpm_scheduler(), batch, cfg, step)
+    batch = calibrated_batch(teacher, Batch(noisy, t, ctx, None), empty, 0.4)
+    for _ in range(60):
+        optimizer_step(opt, unet_loss(student, batch), list(student.parameters()))
     ratio = gap(student) / gap(teacher)
     assert 0.25 < ratio < 0.6, ratio
-
-
-def test_souped_teacher_averages_phase1_back_in_and_the_student_starts_there(trained, tmp_path):
-    """With phase1_share, the phase-1 EMA is saved at the end of phase 1; the teacher is the
-    tuned EMA with that share of it averaged back in, and the calibration starts from it."""
-    _, work, _ = trained
-    for stage in ("vae", "clip"):
-        (tmp_path / stage).symlink_to(work / stage)
-    config = TinyConfig.quick(seed=1)
-    config.unet = dataclasses.replace(config.unet, steps=4, tune_steps=3, calibrate_steps=0,
-                                      phase1_share=0.25, calibrate_noisy=0.3)
-    _unet_stage(config, tmp_path, resume=False)
-    unet_dir = tmp_path / "unet"
-    phase1 = load_file(str(unet_dir / "phase1.safetensors"))
-    tuned = {k[4:]: v for k, v in load_file(str(unet_dir / "ckpt" / "weights.safetensors")).items()
-             if k.startswith("ema.")}
-    assert phase1.keys() == tuned.keys()
-    assert any(not torch.equal(phase1[k], tuned[k]) for k in tuned)  # the tune moved them
-    shutil.rmtree(unet_dir / "final")  # as if stopped at the end of the tune
-    config.unet = dataclasses.replace(config.unet, calibrate_steps=1)
-    _unet_stage(config, tmp_path, resume=True)
-    teacher = load_file(str(unet_dir / "teacher.safetensors"))
-    for k in tuned:
-        assert torch.allclose(teacher[k], 0.75 * tuned[k] + 0.25 * phase1[k], atol=1e-6)
-    final = load_file(str(unet_dir / "final" / "diffusion_pytorch_model.safetensors"))
-    # one calibration step (at a warmup learning rate) from the teacher, not from the tuned
-    to_teacher = max((final[k] - teacher[k]).abs().max().item() for k in tuned)
-    to_tuned = max((final[k] - tuned[k]).abs().max().item() for k in tuned)
-    assert to_teacher < 1e-4 < 1e-3 < to_tuned
-
-
-def test_calibration_keeps_the_true_noise_for_wrong_captions():
-    """calibrate_noisy: a caption that names something wrongly keeps the noise as target
-    (the robustness the tune taught); the others get the teacher's guided prediction."""
-    from sdlab.tiny.train_unet import calibrated_batch
-
-    teacher = _quick_unet(0).eval()
-    gen = torch.Generator().manual_seed(0)
-    noisy, ctx = torch.randn(4, 4, 8, 8, generator=gen), torch.randn(4, 77, 32, generator=gen)
-    empty, t = torch.randn(1, 77, 32, generator=gen), torch.tensor([10, 200, 500, 900])
-    noise = torch.randn(4, 4, 8, 8, generator=gen)
-    keep = torch.tensor([True, False, True, False])
-    *_, guided = calibrated_batch(teacher, (noisy, t, ctx, noise), empty, 0.5)
-    *_, target = calibrated_batch(teacher, (noisy, t, ctx, noise), empty, 0.5, keep)
-    assert torch.equal(target[keep], noise[keep])
-    assert torch.allclose(target[~keep], guided[~keep])
-    assert not torch.allclose(guided[keep], noise[keep])
 
 
 _ORPHAN_SCRIPT = """
 import os, sys, time
 from concurrent.futures import ProcessPoolExecutor
 import multiprocessing
-from sdlab.tiny.train import exit_with_parent
+from training.workers import exit_with_parent
 
 if __name__ == "__main__":
     init = exit_with_parent if sys.argv[1] == "watch" else None
@@ -358,13 +395,13 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
 @pytest.mark.parametrize("mode", ["watch", "plain"])
-def test_stage_workers_exit_when_train_tiny_is_killed(tmp_path, mode):
-    """A parallel train-tiny's stage workers die with it (a killed run must not keep
+def test_stage_workers_exit_when_training_is_killed(tmp_path, mode):
+    """A parallel training run's stage workers die with it (a killed run must not keep
     training beside the one that resumes it); a plain pool's worker would live on."""
     script = tmp_path / "orphan.py"
     script.write_text(_ORPHAN_SCRIPT)
     parent = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE,
-                              text=True)
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     worker = int(parent.stdout.readline())
     parent.kill()
     parent.wait()

@@ -36,7 +36,6 @@ from sdlab.recipe import (
 )
 from sdlab.run import Outputs, check_for_model, check_outputs, execute
 from sdlab.sampler import StepRecord
-from sdlab.tiny.cli import train_tiny
 
 
 class Progress:
@@ -188,7 +187,6 @@ def demo_cmd(out: str, model: str | None) -> None:
         click.echo(f"{path}  {note}")
 
 
-main.add_command(train_tiny)
 main.add_command(bench_cmd)
 main.add_command(sweep_cmd)
 main.add_command(attention_cmd)

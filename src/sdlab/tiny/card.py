@@ -17,8 +17,9 @@ from transformers import CLIPTextModel, CLIPVisionModelWithProjection
 
 from sdlab.tiny import world
 from sdlab.tiny.benchmark import DEFAULT_FOLDER, HELD_OUT_SHARE
-from sdlab.tiny.common import ClipConfig, LossLog, TinyConfig, UnetConfig, VaeConfig
-from sdlab.tiny.train_vae import closest_palette_pair
+from training.config import TinyConfig, UnetConfig
+from training.fit import LossLog
+from training.vae import closest_palette_pair
 
 STAGES = {
     "vae": "VAE (encoder + decoder)",
@@ -69,12 +70,7 @@ def _training_config(workdir: Path | None) -> TinyConfig:
     path = Path(workdir) / "config.json" if workdir else None
     if path is None or not path.is_file():
         return TinyConfig()
-    data = json.loads(path.read_text())
-    return TinyConfig(
-        seed=data["seed"], threads=data["threads"], parallel=data["parallel"],
-        vae=VaeConfig(**data["vae"]), clip=ClipConfig(**data["clip"]),
-        unet=UnetConfig(**data["unet"]),
-    )  # fmt: skip
+    return TinyConfig.from_dict(json.loads(path.read_text()))
 
 
 BARS = {"color": 0.90, "background": 0.90, "shape": 0.80, "position": 0.80}
@@ -107,22 +103,13 @@ def _tune_text(uc_: UnetConfig) -> str:
             f"the guidance tune: {uc_.tune_steps:,} steps with {uc_.tune_uncond_prob:.0%} "
             f"empty captions and captions that name each attribute wrongly "
             f"{uc_.caption_noise:.0%} of the time"
-            + (" -- always below t=500, ever less often above (never at t=1000)"
-               if uc_.noise_ramp else "")
-            + (f"; {uc_.partial_prob:.0%} of the clean captions left, at every t, leave out "
-               "the shape's colour or the shape itself (partial captions: each must then be "
-               "drawn from its own word, as a colour x shape pair never seen needs)"
-               if uc_.partial_prob > 0 else "")
-            + ", the learning rate on the tail of a cosine over both phases. Without the "
+            " -- always below t=500, ever less often above (never at t=1000)"
+            ", the learning rate on the tail of a cosine over both phases. Without the "
             "tune, guidance 7.5 overshoots (Known problems)."
         )
     if uc_.calibrate_steps > 0:
         scale = uc_.teacher_guidance / uc_.target_guidance
         teacher = "weights so far"
-        if uc_.phase1_share > 0:
-            teacher = (f"tuned weights with {uc_.phase1_share:.0%} of the phase-1 weights "
-                       "averaged back in (a weight soup of the two EMAs; the student starts "
-                       "from it too)")
         text += (
             f" Then the guidance calibration: {uc_.calibrate_steps:,} steps in which the "
             f"{teacher}, frozen, are the teacher and the "
@@ -131,9 +118,6 @@ def _tune_text(uc_: UnetConfig) -> str:
             f"eps_u), so that guidance {uc_.target_guidance:g} on this model is guidance "
             f"{uc_.teacher_guidance:g} on the teacher."
         )
-        if uc_.calibrate_noisy > 0:
-            text += (f" {uc_.calibrate_noisy:.0%} of its captions, at every t, are the "
-                     "tune's noisy ones, with the true noise as their target.")
     return text
 
 
@@ -238,13 +222,6 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         "and the image "
         "embeddings; training only, not shipped), without which the text tower merged "
         "words the image tower could not yet use (left/right)."
-        + (f" Plus {cc_.word_invariance:g}x a word-invariance loss: each caption has a twin "
-           "with one colour, shape or background word swapped, and the text states at "
-           "every other word" + (" and at the padding" if cc_.invariant_padding else "")
-           + " must not change (the end token, which sums the caption up, may). Without it "
-           "the state of \"cross\" in \"a yellow cross\" is a yellow-and-cross feature, "
-           "never seen when that pair is held out."
-           if cc_.word_invariance > 0 else "")
         + (f" Plus {cc_.pair_additivity:g}x a pair-additivity loss: {cc_.additivity_captions} "
            "captions of each batch get their colour x shape square (the same caption with "
            "another colour, another shape, and both; all four pairs seen in training) and "
@@ -261,13 +238,9 @@ def render_card(folder: Path, workdir: Path | None = None) -> str:
         f"3. UNet on cached latents (posterior means x scaling factor) and cached "
         f"text-encoder states (77 tokens, as the pipeline computes them) of a "
         f"{uc_.pool_size:,}-image pool; SD's DDPM noise schedule, "
-        + ("plain epsilon MSE over uniform t (as SD)" if uc_.snr_gamma <= 0 else
-           f"min-SNR (gamma {uc_.snr_gamma:g}) weighted epsilon loss")
+        + "plain epsilon MSE over uniform t (as SD)"
         + f", batch {uc_.batch_size}, EMA weights ({uc_.ema_decay:g}); {uc_.steps:,} steps "
         f"with {uc_.uncond_prob:.0%} empty captions (classifier-free guidance), "
-        + (f"in every phase {uc_.end_swap:.0%} of the captions' end-token states swapped for "
-           "another caption's (so that the UNet reads the words, not the summary), "
-           if uc_.end_swap > 0 else "")
         + "then " + _tune_text(uc_),
         f"4. The VAE decoder alone on the frozen encoder's posterior means, beside the UNet "
         f"({vc_.decoder_steps:,} steps; the UNet only depends on the encoder).",

@@ -1,4 +1,5 @@
-"""Stage 1: the autoencoder (diffusers AutoencoderKL, 64x64x3 <-> 8x8x4), as in SD.
+"""Stage 1: the autoencoder (diffusers AutoencoderKL, 64x64x3 <-> 8x8x4), as in SD; and
+stage 4: its decoder fine-tuned alone.
 
 Trained on freshly drawn world images every step (no epochs, no overfitting) with
 MSE + a little L1 and a tiny KL term; its scaling_factor is 1/std of the training latents.
@@ -12,29 +13,19 @@ from __future__ import annotations
 
 import functools
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
 from sdlab.tiny import world
-from sdlab.tiny.common import (
-    LossLog,
-    ScheduledSteps,
-    VaeConfig,
-    images_to_tensor,
-    load_checkpoint,
-    psnr,
-    random_images,
-    save_checkpoint,
-    step_rng,
-    tensor_to_images,
-)
+from sdlab.tiny.imaging import images_to_tensor, psnr, random_images, tensor_to_images
+from training.config import VaeConfig
+from training.fit import Losses, Phase, Schedule, Stage, step_rng
 
-log = logging.getLogger("sdlab.tiny.vae")
+log = logging.getLogger("training.vae")
 STAGE_ID = 1
-CKPT_EVERY = 200
+DECODER_STAGE_ID = 11
 
 
 def build_vae(cfg: VaeConfig) -> AutoencoderKL:
@@ -124,7 +115,7 @@ def encode_mean(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256)
 
 
 @torch.no_grad()
-def roundtrip_psnr(vae: AutoencoderKL, images, batch_size: int = 128) -> float:
+def roundtrip_psnr(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 128) -> float:
     """PSNR (dB) of decode(encode(x)) using the posterior mean, on uint8 images."""
     x = images_to_tensor(images)
     recs = []
@@ -141,99 +132,72 @@ def measure_scaling_factor(vae: AutoencoderKL, seed: int, n: int = 2048) -> floa
     return float(1.0 / z.std())
 
 
-def train_vae(cfg: VaeConfig, seed: int, workdir: Path, resume: bool = True) -> AutoencoderKL:
-    """Train (or resume, or load when finished) the VAE; returns it with scaling_factor set."""
-    final = workdir / "final"
-    if resume and (final / "config.json").is_file():
-        log.info("vae: already trained, loading %s", final)
-        return AutoencoderKL.from_pretrained(final)
+def _eval_images(seed: int) -> np.ndarray:
+    return random_images(step_rng(seed, STAGE_ID, 10**8 + 1), 64, split="all")
+
+
+def vae_stage(cfg: VaeConfig, seed: int) -> Stage:
+    """The whole VAE on fresh images: reconstruction + KL (+ the palette margin), its
+    round trip measured every eval_every steps; saved with its scaling factor."""
     torch.manual_seed(seed)
-    vae = build_vae(cfg)
+    vae = build_vae(cfg).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    start = load_checkpoint(workdir / "ckpt", vae, opt) if resume else 0
-    losses = LossLog(workdir / "log.jsonl")
-    eval_images = random_images(step_rng(seed, STAGE_ID, 10**8 + 1), 64, split="all")
-    gen = torch.Generator().manual_seed(seed)
-    vae.train()
-    steps = ScheduledSteps(opt, start, cfg.steps, cfg.lr, cfg.warmup, "vae")
-    for step in steps:
+    eval_images = _eval_images(seed)
+    gen = torch.Generator().manual_seed(seed)  # the posterior's samples
+
+    def loss(step: int) -> Losses:
         x = images_to_tensor(random_images(step_rng(seed, STAGE_ID, step), cfg.batch_size))
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.sample(generator=gen)).sample
         rec_loss, mse = reconstruction_loss(rec, x, cfg)
         kl = posterior.kl().mean()
-        loss = rec_loss + cfg.kl_weight * kl
+        total = rec_loss + cfg.kl_weight * kl
         if cfg.palette_margin > 0:
             margin = palette_margin_loss(palette_latents(vae), posterior.mean, cfg.palette_gap)
-            loss = loss + cfg.palette_margin * margin
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        values = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item()}
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            vae.eval()
-            values["psnr"] = roundtrip_psnr(vae, eval_images)
-            vae.train()
-            log.info("vae step %d: loss %.5f psnr %.2f dB", step + 1, loss.item(), values["psnr"])
-        losses.write(step, **values)
-        steps.show(loss.item())
-        if (step + 1) % CKPT_EVERY == 0:
-            save_checkpoint(workdir / "ckpt", step + 1, vae, opt)
-    vae.eval()
-    scale = measure_scaling_factor(vae, seed)
-    vae.register_to_config(scaling_factor=scale)
-    log.info("vae: scaling_factor %.5f", scale)
-    vae.save_pretrained(final)
-    return vae
+            total = total + cfg.palette_margin * margin
+        return total, {"mse": mse.item(), "kl": kl.item()}
+
+    def with_scaling_factor() -> AutoencoderKL:
+        scale = measure_scaling_factor(vae, seed)
+        vae.register_to_config(scaling_factor=scale)
+        log.info("vae: scaling_factor %.5f", scale)
+        return vae
+
+    return Stage(
+        model=vae, opt=opt, clipped=list(vae.parameters()),
+        phases=[Phase("vae", cfg.steps, Schedule(cfg.lr, cfg.warmup, 0, cfg.steps), loss)],
+        evaluate=lambda: {"psnr": roundtrip_psnr(vae, eval_images)},
+        eval_every=cfg.eval_every, result=with_scaling_factor,
+    )  # fmt: skip
 
 
-def finetune_decoder(cfg: VaeConfig, seed: int, workdir: Path, vae: AutoencoderKL,
-                     resume: bool = True) -> AutoencoderKL:
-    """Train the decoder alone on the frozen encoder's posterior means (sharper edges).
-
-    The encoder, and so the latents the UNet learns and the scaling factor, stay as they
-    are: this stage can run beside the UNet's.
-    """
-    final = workdir / "final"
-    if resume and (final / "config.json").is_file():
-        log.info("vae decoder: already fine-tuned, loading %s", final)
-        return AutoencoderKL.from_pretrained(final)
+def decoder_stage(cfg: VaeConfig, seed: int, vae: AutoencoderKL) -> Stage:
+    """The decoder alone on the frozen encoder's posterior means (sharper edges). The
+    encoder, and so the latents the UNet learns and the scaling factor, stay as they are:
+    this stage can run beside the UNet's."""
     decoder = [vae.post_quant_conv, vae.decoder]
     vae.requires_grad_(False)
     params = [p for m in decoder for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
-    start = load_checkpoint(workdir / "ckpt", vae, opt) if resume else 0
-    losses = LossLog(workdir / "log.jsonl")
-    eval_images = random_images(step_rng(seed, STAGE_ID, 10**8 + 1), 64, split="all")
+    eval_images = _eval_images(seed)
     vae.eval()
     for m in decoder:
         m.train()
-    steps = ScheduledSteps(opt, start, cfg.decoder_steps, cfg.decoder_lr, cfg.decoder_warmup,
-                           "vae decoder")
-    for step in steps:
-        x = images_to_tensor(random_images(step_rng(seed, STAGE_ID + 10, step), cfg.batch_size))
+
+    def loss(step: int) -> Losses:
+        x = images_to_tensor(random_images(step_rng(seed, DECODER_STAGE_ID, step),
+                                           cfg.batch_size))
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
-        rec = vae.decode(z).sample
-        loss, mse = reconstruction_loss(rec, x, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        values = {"loss": loss.item(), "mse": mse.item()}
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.decoder_steps:
-            vae.eval()
-            values["psnr"] = roundtrip_psnr(vae, eval_images)
-            for m in decoder:
-                m.train()
-            log.info("vae decoder step %d: psnr %.2f dB", step + 1, values["psnr"])
-        losses.write(step, **values)
-        steps.show(loss.item())
-        if (step + 1) % CKPT_EVERY == 0:
-            save_checkpoint(workdir / "ckpt", step + 1, vae, opt)
-    vae.eval().requires_grad_(False)
-    vae.save_pretrained(final)
-    return vae
+        rec_loss, mse = reconstruction_loss(vae.decode(z).sample, x, cfg)
+        return rec_loss, {"mse": mse.item()}
+
+    schedule = Schedule(cfg.decoder_lr, cfg.decoder_warmup, 0, cfg.decoder_steps)
+    return Stage(
+        model=vae, opt=opt, clipped=params,
+        phases=[Phase("vae decoder", cfg.decoder_steps, schedule, loss)],
+        evaluate=lambda: {"psnr": roundtrip_psnr(vae, eval_images)},
+        eval_every=cfg.eval_every, result=lambda: vae.requires_grad_(False),
+    )  # fmt: skip

@@ -1,4 +1,4 @@
-"""`sdlab train-tiny`: train the bundled model from scratch (a thin shell over train.py)."""
+"""`python -m training`: train the bundled model from scratch (a thin shell over train.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from sdlab.tiny.common import TinyConfig
+from training.config import TinyConfig
 
 DEFAULT_OUT = Path("runs/tiny/model")  # never the installed package's bundled model
 
 
-@click.command("train-tiny")
+@click.command("training")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
               show_default=True, help="Folder to write the diffusers model to.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
@@ -25,18 +25,17 @@ DEFAULT_OUT = Path("runs/tiny/model")  # never the installed package's bundled m
 @click.option("--threads", type=int, default=None, help="torch threads (default 1).")
 @click.option("--overwrite", is_flag=True,
               help="Write into a non-empty OUT that does not hold a model already.")
-def train_tiny(out: Path, workdir: Path, seed: int, quick: bool, resume: bool,
-               threads: int | None, overwrite: bool) -> None:
+def main(out: Path, workdir: Path, seed: int, quick: bool, resume: bool,
+         threads: int | None, overwrite: bool) -> None:
     """Train sdlab-tiny (VAE, CLIP, UNet) on the synthetic world and save it to OUT."""
-    from sdlab.tiny.train import train_tiny as run
-
     check_out(out, overwrite)
+    from training.train import train_tiny  # torch and the stages: after the checks
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = TinyConfig.quick(seed) if quick else TinyConfig(seed=seed)
     if threads:
         config.threads = threads
-    result = run(out, workdir, config, resume=resume)
+    result = train_tiny(out, workdir, config, resume=resume)
     times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in result.seconds.items())
     click.echo(f"saved {result.out} ({times})")
 

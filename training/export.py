@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -20,6 +21,7 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from PIL import Image
 from safetensors.torch import save_file
 from transformers import (
     CLIPImageProcessorPil,
@@ -29,7 +31,10 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from sdlab.tiny.common import TOKENIZER_DIR
+from sdlab.models import load
+from sdlab.preview import fit_preview, save_preview
+from sdlab.random_models import TOKENIZER_DIR
+from sdlab.tiny.imaging import random_images
 
 
 def lms_scheduler() -> LMSDiscreteScheduler:
@@ -66,7 +71,7 @@ def build_pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, unet: UNet2D
 
 def image_processor(size: int) -> CLIPImageProcessorPil:
     """The tiny CLIP's preprocessing as a transformers processor: it was trained on
-    images scaled to [-1, 1] (common.images_to_tensor), i.e. mean 0.5 and std 0.5 on
+    images scaled to [-1, 1] (imaging.images_to_tensor), i.e. mean 0.5 and std 0.5 on
     [0, 1] -- not OpenAI CLIP's pixel statistics, which a CLIP folder without this file
     is given."""
     return CLIPImageProcessorPil(
@@ -111,13 +116,6 @@ def save_model(out: Path, vae: AutoencoderKL, clip: CLIPModel,
 
 def write_preview(folder: Path, n: int = 256, seed: int = 4242) -> Path:
     """Fit the latent->RGB preview map on world images (all pairs) and save preview.json."""
-    import numpy as np
-    from PIL import Image
-
-    from sdlab.models import load
-    from sdlab.preview import fit_preview, save_preview
-    from sdlab.tiny.common import random_images
-
     parts = load(folder)
     images = [Image.fromarray(a) for a in random_images(np.random.default_rng(seed), n, "all")]
     return save_preview(fit_preview(parts, images), Path(folder))

@@ -19,8 +19,8 @@ from functools import cache
 
 import numpy as np
 
+from sdlab.random_models import TOKENIZER_DIR
 from sdlab.tiny import world
-from sdlab.tiny.common import TOKENIZER_DIR
 
 _WORD = re.compile(r"^[a-z]{3,}</w>$")
 

@@ -5,13 +5,6 @@ Half of each batch are "siblings" of the other half: the same scene with one att
 changed (colour, shape, background, position or size), so the words that tell scenes
 apart must be told apart by the encoder (hard negatives).
 
-With `word_invariance`, each caption also has a twin with one colour, shape or background
-word swapped, and the encoder's states at every other word must not change: a word's state
-may depend on the words around it, but not on which colour or shape another word names.
-Without this the state of "cross" in "a yellow cross" is a yellow-and-cross feature, never
-seen when the pair is held out. Off by default: a UNet trained on such an encoder drew the
-held-out pairs no better (the model card).
-
 With `pair_additivity`, some captions also get their colour x shape "square": the same
 caption with another colour, with another shape, and with both (all four pairs seen in
 training), and the encoder's states at every position must add up like a parallelogram:
@@ -25,7 +18,6 @@ import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,22 +29,15 @@ from transformers import (
     CLIPVisionConfig,
 )
 
+from sdlab.random_models import TOKENIZER_DIR
 from sdlab.tiny import world
-from sdlab.tiny.common import (
-    TOKENIZER_DIR,
-    ClipConfig,
-    LossLog,
-    ScheduledSteps,
-    images_to_tensor,
-    load_checkpoint,
-    save_checkpoint,
-    step_rng,
-)
-from sdlab.tiny.filler import add_filler
+from sdlab.tiny.imaging import images_to_tensor
+from training.config import ClipConfig
+from training.filler import add_filler
+from training.fit import Losses, Phase, Schedule, Stage, step_rng
 
-log = logging.getLogger("sdlab.tiny.clip")
+log = logging.getLogger("training.clip")
 STAGE_ID = 2
-CKPT_EVERY = 200
 BOS, EOS = 49406, 49407
 
 
@@ -113,26 +98,8 @@ class ClipBatch:
     captions: list[str]
     scenes: list[world.Scene]
     mentions: list[frozenset[str]]  # the attributes each caption names
-    twins: list[str] | None = None  # each caption with one attribute word swapped
     # the first captions' colour x shape squares: (other colour, other shape, both)
     squares: tuple[list[str], list[str], list[str]] | None = None
-
-
-_SWAPPABLE = ("color", "shape", "background")  # attributes named by one word, one token
-
-
-def word_swap(scene: world.Scene, rng: np.random.Generator,
-              mentions: frozenset[str]) -> world.Scene:
-    """The scene with its colour, shape or background changed (one its caption names, in the
-    training split): a caption drawn with the same random choices differs in that word."""
-    keys = [k for k in _SWAPPABLE if k in mentions]
-    while True:
-        attrs = scene.attributes
-        key = keys[rng.integers(len(keys))]
-        options = [o for o in world.ATTRIBUTE_VALUES[key] if o != attrs[key]]
-        attrs[key] = options[rng.integers(len(options))]
-        if world.in_training_split(attrs):
-            return dataclasses.replace(scene, **attrs)
 
 
 def pair_square(scene: world.Scene, rng: np.random.Generator
@@ -152,18 +119,17 @@ def pair_square(scene: world.Scene, rng: np.random.Generator
 
 
 def clip_batch(rng: np.random.Generator, n: int, filler_prob: float = 0.0,
-               twins: bool = False, squares: int = 0) -> ClipBatch:
+               squares: int = 0) -> ClipBatch:
     """n images and captions: n/2 random training scenes, then one sibling of each;
-    `filler_prob` of the captions get random filler words (see filler.py); with `twins`,
-    each caption's word-swapped twin too (see word_invariance_loss); the first `squares`
-    captions' colour x shape squares (see pair_additivity_loss)."""
+    `filler_prob` of the captions get random filler words (see filler.py); the first
+    `squares` captions' colour x shape squares (see pair_additivity_loss)."""
     base = [world.sample_scene(rng) for _ in range(n // 2)]
     scenes = base + [sibling(s, rng) for s in base]
     scenes += [world.sample_scene(rng) for _ in range(n - len(scenes))]
     images = np.stack([world.render(s) for s in scenes])
     caption_states, filler_states = [], []
     texts = []
-    keep = twins or squares > 0
+    keep = squares > 0  # the generator's state before each caption and its filler
     for s in scenes:
         caption_states.append(copy.deepcopy(rng) if keep else None)
         texts.append(world.caption_and_mentions(s, rng))
@@ -172,13 +138,6 @@ def clip_batch(rng: np.random.Generator, n: int, filler_prob: float = 0.0,
         filler_states.append(copy.deepcopy(rng) if keep else None)
         captions.append(add_filler(t, rng, filler_prob))
     batch = ClipBatch(images, captions, scenes, [m for _, m in texts])
-    if twins:  # the same template, wording and filler as the caption: only one word differs
-        swap_rng = np.random.default_rng(rng.integers(2**63))
-        batch.twins = [
-            add_filler(world.caption(word_swap(s, swap_rng, m), c), f, filler_prob)
-            for s, (_, m), c, f in zip(scenes, texts, caption_states, filler_states,
-                                       strict=True)
-        ]
     if squares > 0:  # the same template, wording and filler: only the pair's words differ
         square_rng = np.random.default_rng(rng.integers(2**63))
         corners = [pair_square(s, square_rng) for s in scenes[:squares]]
@@ -265,18 +224,6 @@ def retrieval_accuracy(model: CLIPModel, tokenizer: CLIPTokenizer, seed: int, n:
     return float((out.logits_per_image.argmax(1) == torch.arange(n)).float().mean())
 
 
-def word_invariance_loss(model: CLIPModel, ids: torch.Tensor, states: torch.Tensor,
-                         twin_ids: torch.Tensor, padding: bool = False) -> torch.Tensor:
-    """Mean squared change of the text states at the words a caption and its twin share
-    (every word but the swapped one; not the end token, which sums up the caption and must
-    change; the padding after it only with `padding`)."""
-    twin_states = model.text_model(input_ids=twin_ids).last_hidden_state
-    end = end_position(ids)
-    pos = torch.arange(ids.shape[1]).unsqueeze(0)
-    shared = (ids == twin_ids) & ((pos < end) | ((pos > end) & padding))
-    return ((states - twin_states) ** 2).mean(dim=-1)[shared].mean()
-
-
 def pair_additivity_loss(model: CLIPModel, states: torch.Tensor,
                          square_ids: list[torch.Tensor]) -> torch.Tensor:
     """Mean squared parallelogram residual h(c, s) - h(c', s) - h(c, s') + h(c', s') of the
@@ -294,80 +241,60 @@ def pair_additivity_loss(model: CLIPModel, states: torch.Tensor,
     return residual / swaps.clamp(min=1e-8)
 
 
-def clip_step(model: CLIPModel, heads: AttributeHeads, opt: torch.optim.Optimizer,
-              tokenizer: CLIPTokenizer, cfg: ClipConfig, batch: ClipBatch) -> dict[str, float]:
-    """One optimisation step: contrastive loss + attr_weight x attribute read-out loss
-    (+ word_invariance x word_invariance_loss, pair_additivity x pair_additivity_loss,
-    padding_readout x the padding read-out loss)."""
+def clip_losses(model: CLIPModel, heads: AttributeHeads, tokenizer: CLIPTokenizer,
+                cfg: ClipConfig, batch: ClipBatch) -> Losses:
+    """Contrastive loss + attr_weight x the attribute read-out loss (+ pair_additivity x
+    pair_additivity_loss where the batch has squares, + padding_readout x the padding
+    read-out loss)."""
     ids = tokenize(tokenizer, batch.captions, cfg.text_len)
     out = model(input_ids=ids, pixel_values=images_to_tensor(batch.images), return_loss=True)
+    states = out.text_model_output.last_hidden_state  # (B, text_len, hidden)
     attr = heads.loss(out.text_embeds, out.image_embeds, batch)
     loss = out.loss + cfg.attr_weight * attr
     values = {"contrastive": out.loss.item(), "attributes": attr.item()}
-    if batch.twins is not None:
-        inv = word_invariance_loss(model, ids, out.text_model_output.last_hidden_state,
-                                   tokenize(tokenizer, batch.twins, cfg.text_len),
-                                   cfg.invariant_padding)
-        loss = loss + cfg.word_invariance * inv
-        values["word_invariance"] = inv.item()
     if batch.squares is not None:
-        add = pair_additivity_loss(model, out.text_model_output.last_hidden_state,
+        add = pair_additivity_loss(model, states,
                                    [tokenize(tokenizer, c, cfg.text_len) for c in batch.squares])
         loss = loss + cfg.pair_additivity * add
         values["pair_additivity"] = add.item()
     if cfg.padding_readout > 0:
-        pad = heads.padding_loss(ids, out.text_model_output.last_hidden_state, batch)
+        pad = heads.padding_loss(ids, states, batch)
         loss = loss + cfg.padding_readout * pad
         values["padding_readout"] = pad.item()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()), 1.0)
-    opt.step()
-    with torch.no_grad():
-        model.logit_scale.clamp_(0, 4.6052)  # at most 100, as in CLIP
-    return {"loss": loss.item(), **values}
+    return loss, values
 
 
-def train_clip(cfg: ClipConfig, seed: int, workdir: Path, resume: bool = True) -> CLIPModel:
-    """Train (or resume, or load when finished) the tiny CLIP."""
-    final = workdir / "final"
-    if resume and (final / "config.json").is_file():
-        log.info("clip: already trained, loading %s", final)
-        return CLIPModel.from_pretrained(final)
+def clip_stage(cfg: ClipConfig, seed: int) -> Stage:
+    """The tiny CLIP and its attribute heads (not shipped), AdamW with weight decay on the
+    weight matrices but the embeddings; retrieval measured every 100 steps."""
     torch.manual_seed(seed)
     tokenizer = load_tokenizer()
-    model = build_clip(cfg)
+    model = build_clip(cfg).train()
     heads = AttributeHeads(cfg.projection_dim, cfg.hidden_size if cfg.padding_readout else 0)
     named = list(model.named_parameters()) + list(heads.named_parameters())
-    decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr)
-    extra = {"heads": heads}
-    start = load_checkpoint(workdir / "ckpt", model, opt, extra=extra) if resume else 0
-    losses = LossLog(workdir / "log.jsonl")
-    model.train()
-    steps = ScheduledSteps(opt, start, cfg.steps, cfg.lr, cfg.warmup, "clip")
-    for step in steps:
-        values = clip_step(model, heads, opt, tokenizer, cfg,
-                           clip_batch(step_rng(seed, STAGE_ID, step), cfg.batch_size,
-                                      cfg.filler_prob, twins=cfg.word_invariance > 0,
-                                      squares=cfg.additivity_captions
-                                      if cfg.pair_additivity > 0 else 0))
-        if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
-            model.eval()
-            values["retrieval"] = retrieval_accuracy(model, tokenizer, seed, text_len=cfg.text_len)
-            model.train()
-            log.info("clip step %d: loss %.4f retrieval@256 %.3f", step + 1, values["loss"],
-                     values["retrieval"])
-        losses.write(step, **values)
-        steps.show(values["loss"])
-        if (step + 1) % CKPT_EVERY == 0:
-            save_checkpoint(workdir / "ckpt", step + 1, model, opt, extra=extra)
-    model.eval()
-    model.save_pretrained(final)
-    (final / "train_config.txt").write_text(repr(dataclasses.asdict(cfg)))
-    return model
+    decays = [p.ndim >= 2 and "embedding" not in n for n, p in named]
+    opt = torch.optim.AdamW([
+        {"params": [p for (_, p), d in zip(named, decays, strict=True) if d],
+         "weight_decay": cfg.weight_decay},
+        {"params": [p for (_, p), d in zip(named, decays, strict=True) if not d],
+         "weight_decay": 0.0},
+    ], lr=cfg.lr)  # fmt: skip
+    squares = cfg.additivity_captions if cfg.pair_additivity > 0 else 0
+
+    def loss(step: int) -> Losses:
+        batch = clip_batch(step_rng(seed, STAGE_ID, step), cfg.batch_size, cfg.filler_prob,
+                           squares=squares)
+        return clip_losses(model, heads, tokenizer, cfg, batch)
+
+    def clamp_logit_scale(step: int) -> None:
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, 4.6052)  # at most 100, as in CLIP
+
+    return Stage(
+        model=model, opt=opt, clipped=[p for _, p in named],
+        phases=[Phase("clip", cfg.steps, Schedule(cfg.lr, cfg.warmup, 0, cfg.steps), loss)],
+        extra={"heads": heads}, after_step=clamp_logit_scale,
+        evaluate=lambda: {"retrieval": retrieval_accuracy(model, tokenizer, seed,
+                                                          text_len=cfg.text_len)},
+        eval_every=100,
+    )  # fmt: skip
