@@ -15,7 +15,6 @@ between "red" and "yellow" oranges: the manifold a mix or a guide can move along
 from __future__ import annotations
 
 import colorsys
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -362,24 +361,6 @@ def caption_and_mentions(scene: Scene, rng: np.random.Generator) -> tuple[str, f
         pos_word=pick(_POSITION_WORDS[scene.position]),
     )
     return text.replace("a orange", "an orange"), frozenset(mentions)
-
-
-_GENERIC_SHAPES = ["shape", "shape", "thing", "figure"]
-_GONE = "\x00"  # stands for the left-out colour until its words are cut out
-
-
-def partial_caption(scene: Scene, rng: np.random.Generator, leave_out: str) -> str:
-    """A caption that does not name the shape's colour (leave_out="color") or what shape it
-    is (leave_out="shape": "shape", "thing" or "figure" stands in for it)."""
-    if leave_out == "shape":
-        generic = _GENERIC_SHAPES[rng.integers(len(_GENERIC_SHAPES))]
-        return caption(dataclasses.replace(scene, shape=generic), rng)
-    if leave_out != "color":
-        raise ValueError(f"leave_out must be color or shape, not {leave_out!r}")
-    text = caption(dataclasses.replace(scene, color=_GONE), rng)
-    for words in (" in " + _GONE, " painted " + _GONE, ", " + _GONE, _GONE + " "):
-        text = text.replace(words, "")
-    return text
 
 
 def make_dataset(
