@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sdlab-installed
 
-.PHONY: demo test lint clean chromium screenshots
+.PHONY: demo test lint clean chromium screenshots train
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff check src tests scripts training
+
+# Retrain the bundled model into runs/tiny/model (training/, not part of the package).
+train: $(STAMP)
+	$(BIN)/python -m training --out runs/tiny/model --workdir runs/tiny
 
 clean:
 	rm -rf $(VENV) out
