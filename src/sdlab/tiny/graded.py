@@ -33,7 +33,6 @@ every image is read back by the judge. LMS, 30 steps, guidance 7.5.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,8 +51,6 @@ from sdlab.surgery import interpolation_mixes
 from sdlab.tiny import world
 from sdlab.tiny.benchmark import _POS, _SIZE, _TEMPLATES
 from sdlab.tiny.judge import Judgement, judge
-
-log = logging.getLogger("sdlab.tiny.graded")
 
 STEPS = 30
 GUIDANCE = 7.5
