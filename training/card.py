@@ -336,7 +336,7 @@ def render_card(folder: Path) -> str:
         "sizes": ", ".join(f"{k} (radius {v:g} px)" for k, v in world.SIZES.items()),
         "templates": len(world._TEMPLATES),
         "held_out": ", ".join(f"{c} {s}" for c, s in sorted(world.HELD_OUT)),
-        "min_contrast": f"{world.MIN_CONTRAST:g}", "color_table": color_table(),
+        "color_table": color_table(),
         "architecture_table": architecture_table(folder, vae),
         "folder_mb": _folder_mb(folder),
         "seed": config.seed, "threads": config.threads,
