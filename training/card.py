@@ -195,17 +195,10 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def color_table() -> str:
-    rows = []
-    bounds = list(world.HUE_BOUNDARIES.items())
-    for k, (name, upper) in enumerate(bounds):
-        lower = bounds[k - 1][1] - (360.0 if k == 0 else 0.0)
-        region = (f"hue {lower:g} to {upper:g} degrees, saturation >= "
-                  f"{world.GREY_SATURATION:g}, lightness {world.BLACK_LIGHTNESS:g} to "
-                  f"{world.WHITE_LIGHTNESS:g}")
-        rows.append([name, str(world.COLORS[name]), region])
-    rows.append(["white", str(world.COLORS["white"]), f"lightness >= {world.WHITE_LIGHTNESS:g}"])
-    rows.append(["black", str(world.COLORS["black"]), f"lightness <= {world.BLACK_LIGHTNESS:g}"])
-    return _table(["colour word", "typical colour (RGB)", "region (HSL)"], rows)
+    rows = [[name, str(rgb), ", ".join(f"{v:.3g}" for v in world.hsl(rgb))]
+            for name, rgb in world.COLORS.items()]
+    return _table(["colour word", "typical colour (RGB)", "HSL (hue degrees, saturation, "
+                   "lightness)"], rows)
 
 
 def _params(module: torch.nn.Module) -> str:

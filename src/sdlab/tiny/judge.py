@@ -2,7 +2,7 @@
 
 Deterministic image analysis, no learning: the background's colour is the border's
 median; the shape's colour the median of the pixels farthest from the background. Each is
-read as a continuous colour (RGB and HSL) and named by the world's colour regions. A soft
+read as a continuous colour (RGB and HSL) and named by the nearest typical colour. A soft
 coverage mask (alpha) comes from projecting each pixel onto the background->shape colour
 line; position is the mask's centroid, size the radius that explains its area, and the
 shape the template (drawn at that centroid and radius) that overlaps the mask best.
@@ -74,6 +74,18 @@ def _as_array(image) -> np.ndarray:
     return arr
 
 
+_NAMES = list(world.COLORS)
+_PALETTE = np.array([world.COLORS[n] for n in _NAMES], dtype=np.float32)
+
+
+def nearest_color(rgb: np.ndarray, exclude: str | None = None) -> str:
+    """The colour word whose typical colour is nearest in RGB (other than `exclude`)."""
+    d = np.linalg.norm(_PALETTE - rgb[None, :], axis=1)
+    if exclude is not None:
+        d[_NAMES.index(exclude)] = np.inf
+    return _NAMES[int(np.argmin(d))]
+
+
 def _rgb(values: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(v) for v in values)  # type: ignore[return-value]
 
@@ -105,13 +117,13 @@ def judge(image) -> Judgement:
     arr = _as_array(image)
     border = np.concatenate([arr[0], arr[-1], arr[1:-1, 0], arr[1:-1, -1]])
     bg = np.median(border, axis=0)
-    background = world.color_name(bg)
+    background = nearest_color(bg)
     dist = np.linalg.norm(arr - bg, axis=2)
     if dist.max() < MIN_CONTRAST:
         return Judgement(background, None, _rgb(bg), None, None, None, None, {}, 0.0, (0.0, 0.0))
     core = dist >= 0.8 * dist.max()
     fg = np.median(arr[core], axis=0)
-    color = world.color_name(fg)
+    color = nearest_color(fg, exclude=background)
     alpha = coverage(arr, bg, fg)
     area = float(alpha.sum())
     ys, xs = np.mgrid[0 : arr.shape[0], 0 : arr.shape[1]]
