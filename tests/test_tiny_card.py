@@ -40,6 +40,12 @@ UNBROKEN = {"vae": [[0, 600]], "clip": [[0, 900]], "unet": [[0, 1200, 3000]],
             "vae_decoder": [[0, 600]]}
 
 
+def test_the_shipped_card_is_the_template_filled_from_its_folder():
+    """The committed README.md is exactly what the template makes of the folder's weights,
+    benchmark.json and training.json: no number in it was typed by hand."""
+    assert (FOLDER / "README.md").read_text() == render_card(FOLDER)
+
+
 def test_the_card_is_the_template_filled_from_the_folder(tmp_path):
     """Rendered from a model folder (weights, benchmark.json, training.json), the card holds
     the measured bars, the run's provenance and stage logs, and no placeholder."""

@@ -231,11 +231,16 @@ def architecture_table(folder: Path, vae: AutoencoderKL) -> str:
 
 
 def log_table(logs: dict[str, StageLog]) -> str:
+    """The stage logs as a table and the end-to-end time ("" without logs)."""
+    if not logs:
+        return ""
     rows = [[STAGES[k], f"{v.steps:,}", f"{v.minutes:.1f}", f"{v.first_loss:.4f}",
              f"{v.last_loss:.4f}", "-" if v.psnr is None else f"{v.psnr:.2f} dB"]
             for k, v in logs.items()]
-    return _table(["stage", "steps logged", "wall minutes", "first loss", "last loss",
-                   "round trip at the end"], rows)
+    table = _table(["stage", "steps logged", "wall minutes", "first loss", "last loss",
+                    "round trip at the end"], rows)
+    return (f"{table}\n\nEnd to end, two stages side by side: "
+            f"{end_to_end_minutes(logs):.0f} minutes.")
 
 
 def accuracy_table(b: Benchmark) -> str:
@@ -350,7 +355,6 @@ def render_card(folder: Path) -> str:
         "target_guidance": f"{uc.target_guidance:g}",
         "teacher_guidance": f"{uc.teacher_guidance:g}",
         "provenance": provenance(record.config, logs), "log_table": log_table(logs),
-        "end_to_end": f"{end_to_end_minutes(logs):.0f}",
         "prompts": b.prompts, "held_prompts": int(round(b.prompts * HELD_OUT_SHARE)),
         "bench_steps": b.steps, "accuracy_table": accuracy_table(b),
         "more_held_n": b.more_held_out_n,
