@@ -96,7 +96,7 @@ class Benchmark:
             by_template={t: (int(v["n"]), Accuracy.of(v))
                          for t, v in d["guidance_7.5_by_template"].items()},
             vae_psnr_db=float(d["vae_psnr_db"]),
-            vae_roundtrip=Accuracy.of({**d["vae_roundtrip_judge"]}),
+            vae_roundtrip=Accuracy.of(d["vae_roundtrip_judge"]),
             clip_zero_shot={k: float(v) for k, v in d["clip_zero_shot"].items()},
             seconds_per_image=float(d["seconds_per_image"]),
             torch_threads=int(d["torch_threads"]), graded=d.get("graded"),
