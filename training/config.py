@@ -11,7 +11,7 @@ class VaeConfig:
     block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
     layers_per_block: int = 1
     norm_num_groups: int = 8
-    steps: int = 3000
+    steps: int = 2100
     batch_size: int = 16
     lr: float = 7e-4
     warmup: int = 100
@@ -29,7 +29,7 @@ class VaeConfig:
     palette_gap: float = 0.6
     # second stage: the decoder alone, on the frozen encoder's posterior means (it can
     # run beside the UNet stage, which only needs the encoder)
-    decoder_steps: int = 3000
+    decoder_steps: int = 5500
     decoder_lr: float = 3e-4
     decoder_warmup: int = 50
 
@@ -45,7 +45,7 @@ class ClipConfig:
     # Captions are padded to 77 while training, as the pipeline pads them: the padding
     # states are what the UNet reads most, so they are trained too.
     text_len: int = 77
-    steps: int = 1600
+    steps: int = 1300
     batch_size: int = 128  # half base scenes, half siblings differing in one attribute
     lr: float = 1e-3
     warmup: int = 50
@@ -67,7 +67,7 @@ class UnetConfig:
     layers_per_block: int = 1
     attention_head_dim: int = 8
     pool_size: int = 40000
-    steps: int = 4000
+    steps: int = 2000
     batch_size: int = 64
     lr: float = 6e-4
     warmup: int = 200
@@ -79,7 +79,7 @@ class UnetConfig:
     # They are used only as t falls (probability min(1, 2 (1 - t/1000)): always below
     # t=500, never at t=1000), clean ones above. The learning rate follows the tail of a
     # cosine over steps + tune_steps (a warm restart). tune_steps=0: clean captions only.
-    tune_steps: int = 3000
+    tune_steps: int = 1400
     tune_uncond_prob: float = 0.2
     caption_noise: float = 0.2
     # Phase 3, the guidance calibration: `calibrate_steps` more steps in which the EMA
@@ -89,7 +89,7 @@ class UnetConfig:
     # that guidance target_guidance here is guidance teacher_guidance there. Its own
     # warmup and cosine from calibrate_lr; the student starts from the teacher's weights
     # with a fresh optimizer. 0: no calibration.
-    calibrate_steps: int = 1500
+    calibrate_steps: int = 700
     teacher_guidance: float = 3.5
     target_guidance: float = 7.5
     calibrate_lr: float = 2e-4

@@ -74,18 +74,6 @@ def _as_array(image) -> np.ndarray:
     return arr
 
 
-_NAMES = list(world.COLORS)
-_PALETTE = np.array([world.COLORS[n] for n in _NAMES], dtype=np.float32)
-
-
-def nearest_color(rgb: np.ndarray, exclude: str | None = None) -> str:
-    """The colour word whose typical colour is nearest in RGB (other than `exclude`)."""
-    d = np.linalg.norm(_PALETTE - rgb[None, :], axis=1)
-    if exclude is not None:
-        d[_NAMES.index(exclude)] = np.inf
-    return _NAMES[int(np.argmin(d))]
-
-
 def _rgb(values: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(v) for v in values)  # type: ignore[return-value]
 
@@ -117,13 +105,13 @@ def judge(image) -> Judgement:
     arr = _as_array(image)
     border = np.concatenate([arr[0], arr[-1], arr[1:-1, 0], arr[1:-1, -1]])
     bg = np.median(border, axis=0)
-    background = nearest_color(bg)
+    background = world.nearest_color(bg)
     dist = np.linalg.norm(arr - bg, axis=2)
     if dist.max() < MIN_CONTRAST:
         return Judgement(background, None, _rgb(bg), None, None, None, None, {}, 0.0, (0.0, 0.0))
     core = dist >= 0.8 * dist.max()
     fg = np.median(arr[core], axis=0)
-    color = nearest_color(fg, exclude=background)
+    color = world.nearest_color(fg, exclude=background)
     alpha = coverage(arr, bg, fg)
     area = float(alpha.sum())
     ys, xs = np.mgrid[0 : arr.shape[0], 0 : arr.shape[1]]

@@ -4,14 +4,18 @@ One flat-coloured shape on a plain background, 64x64 RGB, with a caption. Everyt
 deterministic from a seed and drawn with PIL at 4x, then box-downsampled (anti-aliased).
 A fixed set of colour x shape pairs is held out of training to test generalisation.
 
-Each colour word names a region of HSL space (a hue sector for the six hues, the light and
-dark ends for white and black; `color_name` reads a colour back into its word), and a scene
-is drawn in each word's typical colour (COLORS).
+Colours are continuous: each named colour is a region of HSL space (a hue sector for the
+six hues, the light and dark ends for white and black), and a scene's shape and background
+colours are drawn from a triangular distribution over their region, peaked at the name's
+typical colour and reaching the region's edges, where it meets its neighbours. A caption
+names the region (`color_name` reads it back), so between "red" and "blue" lie purples,
+between "red" and "yellow" oranges: the manifold a mix or a guide can move along.
 """
 
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -21,7 +25,7 @@ from PIL import Image, ImageDraw
 IMAGE_SIZE = 64
 SUPERSAMPLE = 4
 
-# Each name's typical colour, the one scenes are drawn in (well separated in RGB).
+# Each name's typical colour (the mode of its distribution; well separated in RGB).
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -33,6 +37,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "purple": (140, 60, 180),
 }
 COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
+_PALETTE = np.array([COLORS[n] for n in COLOR_NAMES], dtype=np.float32)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
 POSITIONS: dict[str, tuple[float, float]] = {
     "center": (32.0, 32.0),
@@ -58,7 +63,9 @@ HUE_BOUNDARIES: dict[str, float] = {
 }  # fmt: skip
 WHITE_LIGHTNESS = 0.75  # at or above: white, whatever the hue
 BLACK_LIGHTNESS = 0.2  # at or below: black
-GREY_SATURATION = 0.35  # below: white or black by lightness
+GREY_SATURATION = 0.35  # below: white or black by lightness (the world draws no greys)
+CHROMA_SATURATION = (0.4, 1.0)  # saturation range of the six hues
+MIN_CONTRAST = 60.0  # a shape differs from its background by at least this RGB distance
 
 
 def hsl(rgb) -> tuple[float, float, float]:
@@ -90,6 +97,43 @@ def color_name(rgb) -> str:
     return hue_name(hue)
 
 
+def nearest_color(rgb, exclude: str | None = None) -> str:
+    """The colour word whose typical colour is nearest in RGB (other than `exclude`): the
+    judge's reading, which every drawn colour agrees with."""
+    d = np.linalg.norm(_PALETTE - np.asarray(rgb, np.float32)[None, :], axis=1)
+    if exclude is not None:
+        d[COLOR_NAMES.index(exclude)] = np.inf
+    return COLOR_NAMES[int(np.argmin(d))]
+
+
+def _sector(name: str) -> tuple[float, float]:
+    names = list(HUE_BOUNDARIES)
+    k = names.index(name)
+    return HUE_BOUNDARIES[names[k - 1]] - (360.0 if k == 0 else 0.0), HUE_BOUNDARIES[name]
+
+
+def _triangular(rng: np.random.Generator, lo: float, mode: float, hi: float) -> float:
+    return float(rng.triangular(lo, min(max(mode, lo), hi), hi))
+
+
+def sample_color(name: str, rng: np.random.Generator) -> tuple[int, int, int]:
+    """A colour drawn from the region `name` names, peaked at COLORS[name]."""
+    hue, s, lightness = hsl(COLORS[name])
+    while True:
+        if name in ("white", "black"):
+            h = float(rng.uniform(0.0, 360.0))
+            sat = _triangular(rng, 0.0, 0.0, 0.6)
+            lit = (_triangular(rng, WHITE_LIGHTNESS, lightness, 1.0) if name == "white"
+                   else _triangular(rng, 0.0, lightness, BLACK_LIGHTNESS))
+        else:
+            lo, hi = _sector(name)
+            h = _triangular(rng, lo, hue if hue < hi else hue - 360.0, hi) % 360.0
+            sat = _triangular(rng, *CHROMA_SATURATION[:1], s, CHROMA_SATURATION[1])
+            lit = _triangular(rng, BLACK_LIGHTNESS, lightness, WHITE_LIGHTNESS)
+        rgb = tuple(int(round(255.0 * v)) for v in colorsys.hls_to_rgb(h / 360.0, lit, sat))
+        if color_name(rgb) == name == nearest_color(rgb):  # the region's part nearest its own
+            return rgb  # type: ignore[return-value]
+
 # Colour x shape pairs never shown in training (one per colour/shape at most, ~10%).
 HELD_OUT: frozenset[tuple[str, str]] = frozenset(
     {
@@ -114,8 +158,8 @@ class Scene:
     cx: float
     cy: float
     radius: float
-    rgb: tuple[int, int, int]  # the shape's colour
-    bg_rgb: tuple[int, int, int]  # the background's
+    rgb: tuple[int, int, int]  # the shape's colour, in the region `color` names
+    bg_rgb: tuple[int, int, int]  # the background's, in the region `background` names
 
     @property
     def attributes(self) -> dict[str, str]:
@@ -155,7 +199,9 @@ def make_scene(
     size: str,
     rng: np.random.Generator | None = None,
 ) -> Scene:
-    """A scene with the given attributes; `rng` adds small position/size jitter."""
+    """A scene with the given attributes. Without `rng` it is drawn exactly: the names'
+    typical colours, the position's centre and the size's radius; `rng` draws the colours
+    from their regions and adds small position/size jitter."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES}")
     for c in (color, background):
@@ -169,8 +215,20 @@ def make_scene(
         cx += rng.uniform(-POSITION_JITTER, POSITION_JITTER)
         cy += rng.uniform(-POSITION_JITTER, POSITION_JITTER)
         radius += rng.uniform(-RADIUS_JITTER, RADIUS_JITTER)
+    rgb, bg_rgb = _scene_colors(color, background, rng)
     return Scene(shape, color, background, position, size, float(cx), float(cy), float(radius),
-                 COLORS[color], COLORS[background])
+                 rgb, bg_rgb)
+
+
+def _scene_colors(color: str, background: str, rng: np.random.Generator | None
+                  ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    if rng is None:
+        return COLORS[color], COLORS[background]
+    while True:
+        rgb, bg_rgb = sample_color(color, rng), sample_color(background, rng)
+        if math.dist(rgb, bg_rgb) >= MIN_CONTRAST:
+            return rgb, bg_rgb
+
 
 
 def sample_scene(rng: np.random.Generator, split: str = "train") -> Scene:
@@ -314,6 +372,24 @@ def caption_and_mentions(scene: Scene, rng: np.random.Generator) -> tuple[str, f
         pos_word=pick(_POSITION_WORDS[scene.position]),
     )
     return text.replace("a orange", "an orange"), frozenset(mentions)
+
+
+_GENERIC_SHAPES = ["shape", "shape", "thing", "figure"]
+_GONE = "\x00"  # stands for the left-out colour until its words are cut out
+
+
+def partial_caption(scene: Scene, rng: np.random.Generator, leave_out: str) -> str:
+    """A caption that does not name the shape's colour (leave_out="color") or what shape it
+    is (leave_out="shape": "shape", "thing" or "figure" stands in for it)."""
+    if leave_out == "shape":
+        generic = _GENERIC_SHAPES[rng.integers(len(_GENERIC_SHAPES))]
+        return caption(dataclasses.replace(scene, shape=generic), rng)
+    if leave_out != "color":
+        raise ValueError(f"leave_out must be color or shape, not {leave_out!r}")
+    text = caption(dataclasses.replace(scene, color=_GONE), rng)
+    for words in (" in " + _GONE, " painted " + _GONE, ", " + _GONE, _GONE + " "):
+        text = text.replace(words, "")
+    return text
 
 
 def make_dataset(
