@@ -85,3 +85,42 @@ def test_benchmark_wording_stays_out_of_the_training_captions():
     glue = {"a", "an", "of", "on", "in", "the", "with", "at", "background", "backdrop"}
     assert training & bench <= glue
     assert {"colored", "against", "icon", "solid", "over", "placed"} <= bench - training
+
+
+HUE_ORDER = ("red", "orange", "yellow", "green", "blue", "purple")
+
+
+def _drawn(name: str, n: int = 600, seed: int = 0) -> list[tuple[int, int, int]]:
+    rng = np.random.default_rng(seed)
+    return [world.sample_color(name, rng) for _ in range(n)]
+
+
+@pytest.mark.parametrize("name", world.COLOR_NAMES)
+def test_drawn_colours_are_named_as_the_judge_reads_them(name: str) -> None:
+    drawn = _drawn(name)
+    assert {world.nearest_color(rgb) for rgb in drawn} == {name}
+    assert {world.color_name(rgb) for rgb in drawn} == {name}
+    assert len(set(drawn)) > len(drawn) // 2  # a spread of colours, not the typical one
+
+
+def test_neighbouring_hues_meet() -> None:
+    """Walking round the hue circle, each word's draws come within a few degrees of the next
+    word's: the manifold between two colour words is filled, not a jump."""
+    def offsets(name: str) -> np.ndarray:
+        typical = world.hsl(world.COLORS[name])[0]
+        hues = np.array([world.hsl(rgb)[0] for rgb in _drawn(name, 2000)])
+        return (hues - typical + 180.0) % 360.0 - 180.0, typical
+
+    for a, b in zip(HUE_ORDER, HUE_ORDER[1:] + HUE_ORDER[:1]):
+        (oa, ta), (ob, tb) = offsets(a), offsets(b)
+        gap = ((tb + ob.min()) - (ta + oa.max())) % 360.0
+        assert gap < 6.0, (a, b, gap)
+
+
+def test_scenes_keep_shape_and_background_apart() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        scene = world.sample_scene(rng)
+        assert np.linalg.norm(np.subtract(scene.rgb, scene.bg_rgb)) >= world.MIN_CONTRAST
+        assert world.nearest_color(scene.rgb) == scene.color
+        assert world.nearest_color(scene.bg_rgb) == scene.background

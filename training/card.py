@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from string import Template
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPVisionModelWithProjection
@@ -194,11 +195,33 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+COLOR_DRAWS = 2000
+
+
+def _hue_range(hues: np.ndarray, typical: float) -> str:
+    """2nd-98th percentile of hues (degrees) measured from the typical hue, the short way."""
+    offsets = (hues - typical + 180.0) % 360.0 - 180.0
+    lo, hi = np.percentile(offsets, [2, 98]) + typical
+    return f"{lo % 360:.0f} to {hi % 360:.0f}"
+
+
+def _range(values: np.ndarray) -> str:
+    lo, hi = np.percentile(values, [2, 98])
+    return f"{lo:.2f} to {hi:.2f}"
+
+
 def color_table() -> str:
-    rows = [[name, str(rgb), ", ".join(f"{v:.3g}" for v in world.hsl(rgb))]
-            for name, rgb in world.COLORS.items()]
-    return _table(["colour word", "typical colour (RGB)", "HSL (hue degrees, saturation, "
-                   "lightness)"], rows)
+    """Each word's typical colour and the ranges its drawn colours span (seeded draws)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, rgb in world.COLORS.items():
+        drawn = np.array([world.hsl(world.sample_color(name, rng)) for _ in range(COLOR_DRAWS)])
+        hue = ("any" if name in ("white", "black")
+               else _hue_range(drawn[:, 0], world.hsl(rgb)[0]))
+        rows.append([name, str(rgb), ", ".join(f"{v:.3g}" for v in world.hsl(rgb)), hue,
+                     _range(drawn[:, 1]), _range(drawn[:, 2])])
+    return _table(["colour word", "typical colour (RGB)", "typical HSL", "drawn hue",
+                   "drawn saturation", "drawn lightness"], rows)
 
 
 def _params(module: torch.nn.Module) -> str:
@@ -334,6 +357,7 @@ def render_card(folder: Path) -> str:
         "sizes": ", ".join(f"{k} (radius {v:g} px)" for k, v in world.SIZES.items()),
         "templates": len(world._TEMPLATES),
         "held_out": ", ".join(f"{c} {s}" for c, s in sorted(world.HELD_OUT)),
+        "min_contrast": f"{world.MIN_CONTRAST:g}", "color_draws": f"{COLOR_DRAWS:,}",
         "color_table": color_table(),
         "architecture_table": architecture_table(folder, vae),
         "folder_mb": _folder_mb(folder),
