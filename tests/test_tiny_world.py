@@ -111,7 +111,7 @@ def test_neighbouring_hues_meet() -> None:
         hues = np.array([world.hsl(rgb)[0] for rgb in _drawn(name, 2000)])
         return (hues - typical + 180.0) % 360.0 - 180.0, typical
 
-    for a, b in zip(HUE_ORDER, HUE_ORDER[1:] + HUE_ORDER[:1]):
+    for a, b in zip(HUE_ORDER, HUE_ORDER[1:] + HUE_ORDER[:1], strict=True):
         (oa, ta), (ob, tb) = offsets(a), offsets(b)
         gap = ((tb + ob.min()) - (ta + oa.max())) % 360.0
         assert gap < 6.0, (a, b, gap)
