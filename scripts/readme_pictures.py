@@ -16,11 +16,18 @@ from pathlib import Path
 from PIL import Image
 
 from sdlab.demo import PROMPTS
+from sdlab.tiny.graded import BLUE_EVERY, BLUE_SCALES, IMG2IMG_STRENGTHS, MIX_WEIGHTS
+from sdlab.trace import read_video
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 SDLAB = [sys.executable, "-m", "sdlab"]
 G = ""  # the bundled model works at the default guidance, SD's 7.5 (its card)
+# The graded rows: the graded benchmark's weights, scales and strengths, on one prompt each.
+MIX = ("a red square on a white background", "a blue square on a white background", 1)
+BLUE = ("a yellow triangle on an orange background", 9)
+IMG2IMG = ("a large green square on a black background",
+           "a large yellow circle on a purple background", 2)
 
 
 def sdlab(command: str) -> None:
@@ -70,31 +77,62 @@ def main() -> None:
             sdlab(f"noise {t}/red.png --step {k} --steps 50 --out {t}/noise-{k}.png")
             noisy.append(t / f"noise-{k}.png")
         row(noisy, DOCS / "noise.png")
-        sdlab(f'generate {G} "a large green square on a black background" --out {t}/sq.png --quiet')
-        i2i = []
-        for s in (3, 8):
-            sdlab(f'img2img {G} {t}/sq.png "a large yellow circle on a purple background" '
-                  f"--steps 20 --start-step {s} --out {t}/i2i-{s}.png --quiet")
-            i2i.append(t / f"i2i-{s}.png")
-        row([t / "sq.png", *i2i], DOCS / "img2img.png")
+        img2img_row(t)
         sdlab(f'generate {G} "a red circle on a white background" --swap red=blue '
               f"--out {t}/swap.png --quiet")
         row([t / "red.png", t / "swap.png"], DOCS / "swap.png")
-        sdlab(f'generate {G} --mix "a red square on a white background:0.5" '
-              f'--mix "a blue square on a white background:0.5" --out {t}/mix.png --quiet')
-        row([t / "mix.png"], DOCS / "mix.png")
+        mix_rows(t)
         sdlab(f'generate {G} "a yellow star on a green background" --steps 30 '
               f"--trace {t}/run.safetensors --out {t}/star.png --quiet")
         sdlab(f"trace show {t}/run.safetensors --out {t}/shown")
         frames = [t / "shown" / f"frame-{k:03d}.png" for k in (0, 5, 10, 20, 29)]
         row(frames, DOCS / "progression.png")
-        sdlab(f'generate {G} "a yellow triangle on an orange background" --guide blue:200 '
-              f"--guide-every 2 --trace {t}/blue.safetensors --out {t}/blue.png --quiet")
-        sdlab(f'generate {G} "a yellow triangle on an orange background" '
-              f"--out {t}/plain.png --quiet")
-        row([t / "plain.png", t / "blue.png"], DOCS / "guidance.png")
-        sdlab(f"trace show {t}/blue.safetensors --out {t}/blue-shown")
-        (t / "blue-shown" / "loss-blue.png").replace(DOCS / "guidance-loss.png")
+        blue_row(t)
+
+
+def img2img_row(t: Path) -> None:
+    """The input, then img2img towards another prompt at each strength."""
+    source, prompt, seed = IMG2IMG
+    sdlab(f'generate {G} "{source}" --seed {seed} --out {t}/source.png --quiet')
+    outs = []
+    for strength in IMG2IMG_STRENGTHS:
+        sdlab(f'img2img {G} {t}/source.png "{prompt}" --strength {strength} --seed {seed} '
+              f"--out {t}/i2i-{strength}.png --quiet")
+        outs.append(t / f"i2i-{strength}.png")
+    row([t / "source.png", *outs], DOCS / "img2img.png")
+
+
+def mix_rows(t: Path) -> None:
+    """The mix at each weight of the second prompt, and the interpolation's frames."""
+    start, end, seed = MIX
+    outs = []
+    for w in MIX_WEIGHTS:
+        sdlab(f'generate {G} --mix "{start}:{1 - w}" --mix "{end}:{w}" --seed {seed} '
+              f"--out {t}/mix-{w}.png --quiet")
+        outs.append(t / f"mix-{w}.png")
+    row(outs, DOCS / "mix.png")
+    sdlab(f'interpolate "{start}" "{end}" --frames {len(MIX_WEIGHTS)} --seed {seed} '
+          f"--out {t}/lerp.mp4 --quiet")
+    frames = []
+    for k, frame in enumerate(read_video(t / "lerp.mp4")):
+        Image.fromarray(frame).save(t / f"lerp-{k}.png")
+        frames.append(t / f"lerp-{k}.png")
+    row(frames, DOCS / "interpolation.png")
+
+
+def blue_row(t: Path) -> None:
+    """The prompt at each scale of the blue loss (0: unguided), and the loss per step."""
+    prompt, seed = BLUE
+    outs = []
+    for scale in BLUE_SCALES:
+        guide = f"--guide blue:{scale:g} --guide-every {BLUE_EVERY}" if scale else ""
+        trace = f"--trace {t}/blue.safetensors" if scale == BLUE_SCALES[-1] else ""
+        sdlab(f'generate {G} "{prompt}" --seed {seed} {guide} {trace} '
+              f"--out {t}/blue-{scale:g}.png --quiet")
+        outs.append(t / f"blue-{scale:g}.png")
+    row(outs, DOCS / "guidance.png")
+    sdlab(f"trace show {t}/blue.safetensors --out {t}/blue-shown")
+    (t / "blue-shown" / "loss-blue.png").replace(DOCS / "guidance-loss.png")
 
 
 if __name__ == "__main__":
