@@ -17,7 +17,7 @@ from PIL import Image
 
 from sdlab.models import BUNDLED_NAME, Parts, load
 from sdlab.tiny import graded, world
-from sdlab.tiny.benchmark import benchmark_prompts
+from sdlab.tiny.benchmark import benchmark_prompts, save_benchmark
 from sdlab.tiny.judge import judge
 
 # --- the hue arc -------------------------------------------------------------------------
@@ -210,3 +210,7 @@ def test_the_result_is_saved_beside_the_benchmark(result: graded.GradedResult,
     assert saved["prompts"] == 200
     assert saved["graded"] == json.loads(json.dumps(result.to_dict()))
     assert saved["graded"]["mix"]["monotone"]["rate"] == result.mix.monotone.rate
+    # the quality benchmark, run again, keeps the graded result
+    save_benchmark(tmp_path, {"prompts": 100})
+    again = json.loads((tmp_path / "benchmark.json").read_text())
+    assert again["prompts"] == 100 and again["graded"] == saved["graded"]

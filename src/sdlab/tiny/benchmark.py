@@ -7,6 +7,8 @@ Also the VAE round trip (PSNR on unseen images) and the time for one 30-step ima
 
     python -m sdlab.tiny.benchmark [FOLDER] [--n 200] [--no-write]
     python -m sdlab.tiny.benchmark [FOLDER] --graded [--no-write]   # sdlab.tiny.graded
+
+Each keeps the other's result in benchmark.json.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
 from tqdm.auto import tqdm
 
+from sdlab.outputs import atomic_write
 from sdlab.tiny import world
 from sdlab.tiny.imaging import images_to_tensor, psnr, random_images, tensor_to_images
 from sdlab.tiny.judge import ATTRIBUTES, judge
@@ -253,10 +256,19 @@ def run_benchmark(folder: Path | str = DEFAULT_FOLDER, n: int = 200, n_low_guida
         ],
     }
     if write:
-        (folder / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+        save_benchmark(folder, result)
     result["_images"] = images
     result["_prompts"] = prompts
     return result
+
+
+def save_benchmark(folder: Path, result: dict) -> Path:
+    """Write benchmark.json, keeping a graded result already there (`--graded` saves it)."""
+    path = folder / "benchmark.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    data = {**result, **({"graded": old["graded"]} if "graded" in old else {})}
+    text = json.dumps(data, indent=2) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def contact_sheet(images: list[np.ndarray], cols: int = 10, scale: int = 2) -> np.ndarray:
