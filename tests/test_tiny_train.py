@@ -62,6 +62,7 @@ def test_folder_layout_and_configs(trained):
     unet = json.loads((out / "unet" / "config.json").read_text())
     text = json.loads((out / "text_encoder" / "config.json").read_text())
     assert unet["sample_size"] == 8 and unet["cross_attention_dim"] == text["hidden_size"]
+    assert "_name_or_path" not in vae and "_name_or_path" not in unet  # no training paths
     assert (text["bos_token_id"], text["eos_token_id"], text["pad_token_id"]) == (
         49406, 49407, 49407)
     assert text["vocab_size"] == 49408 and text["max_position_embeddings"] == 77

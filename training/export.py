@@ -110,6 +110,11 @@ def save_model(out: Path, vae: AutoencoderKL, clip: CLIPModel,
         config = json.loads(path.read_text())
         config["dtype"] = "float32"
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for sub in ("vae", "unet"):  # where the weights were read from is the training machine's
+        path = out / sub / "config.json"
+        config = json.loads(path.read_text())
+        config.pop("_name_or_path", None)
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     write_preview(out)
     return out
 
