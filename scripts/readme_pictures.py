@@ -25,7 +25,7 @@ SDLAB = [sys.executable, "-m", "sdlab"]
 G = ""  # the bundled model works at the default guidance, SD's 7.5 (its card)
 # The graded rows: the graded benchmark's weights, scales and strengths, on one prompt each.
 MIX = ("a red square on a white background", "a blue square on a white background", 1)
-BLUE = ("a yellow triangle on an orange background", 9)
+BLUE = ("on a red background there is a big orange cross at the top edge", 22003)
 IMG2IMG = ("a large green square on a black background",
            "a large yellow circle on a purple background", 2)
 

@@ -170,11 +170,15 @@ def test_cases_use_unseen_seeds_and_fit_their_measure() -> None:
 
 # --- the graded behaviours on the model ----------------------------------------------------
 
-# The first case of each measure's fixed list (the benchmark's own), run end to end. The
-# shipped model's world has one colour per word, so its mixes and blue guide jump instead
-# of moving by degrees, and a light img2img already takes the prompt's colour (the
-# benchmark's numbers): checks that each case passes come with a model of a graded world.
+# The first case of each measure's fixed list (the benchmark's own), run end to end.
 TEST_CASES = {"mix": 1, "interpolation": 1, "blue": 1, "img2img": 1}
+# Fixed cases of each measure (indices into the benchmark's own lists) that the shipped
+# model passes, one per colour pair where it can: a regression in a graded behaviour fails
+# one of them. The full rates are the benchmark's (the model card).
+MIX_CASES = (0, 1)  # red -> blue, red -> yellow
+INTERPOLATION_CASES = (1, 2)  # red -> yellow, green -> purple
+BLUE_CASES = (0, 2)
+IMG2IMG_CASES = (2, 5)
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +218,39 @@ def test_the_result_is_saved_beside_the_benchmark(result: graded.GradedResult,
     save_benchmark(tmp_path, {"prompts": 100})
     again = json.loads((tmp_path / "benchmark.json").read_text())
     assert again["prompts"] == 100 and again["graded"] == saved["graded"]
+
+
+def _picked(specs: list, picked: tuple[int, ...]) -> list:
+    return [specs[k] for k in picked]
+
+
+def test_a_mix_moves_the_hue_by_degrees(model: Parts) -> None:
+    """Weights 0 .. 1 walk the shape's hue from one colour to the other, through a
+    saturated in-between colour at 0.5 (not black, white or grey)."""
+    specs = graded.hue_specs(max(MIX_CASES) + 1, graded.SEEDS["mix"])
+    for spec in _picked(specs, MIX_CASES):
+        case = graded.run_hue_case(model, spec, graded.mix_entries(spec))
+        assert case.monotone and case.in_between, (spec.prompt_start, case.colors, case.hsl)
+
+
+def test_an_interpolation_moves_the_hue_by_degrees(model: Parts) -> None:
+    specs = graded.hue_specs(max(INTERPOLATION_CASES) + 1, graded.SEEDS["interpolation"])
+    for spec in _picked(specs, INTERPOLATION_CASES):
+        case = graded.run_hue_case(model, spec, graded.interpolation_entries(spec))
+        assert case.monotone and case.in_between, (spec.prompt_start, case.colors, case.hsl)
+
+
+def test_the_blue_guide_makes_the_picture_bluer_and_keeps_its_shape(model: Parts) -> None:
+    specs = graded.blue_specs(max(BLUE_CASES) + 1, graded.SEEDS["blue"])
+    for spec in _picked(specs, BLUE_CASES):
+        case = graded.run_blue_case(model, spec)
+        assert case.monotone and case.shape_kept, (spec.prompt, case.blue_means, case.shapes)
+
+
+def test_img2img_strength_moves_from_the_input_to_the_prompt(model: Parts) -> None:
+    specs = graded.img2img_specs(max(IMG2IMG_CASES) + 1, graded.SEEDS["img2img"])
+    for spec in _picked(specs, IMG2IMG_CASES):
+        case = graded.run_img2img_case(model, spec)
+        assert case.monotone, (spec.prompt, case.distances)
+        assert case.keeps_source, (spec.source.attributes, case.colors[0], case.shapes[0])
+        assert case.follows_prompt, (spec.prompt, case.colors[-1], case.shapes[-1])
