@@ -7,6 +7,7 @@ Every picture comes from the command the README shows next to it.
 
 from __future__ import annotations
 
+import csv
 import shlex
 import subprocess
 import sys
@@ -28,6 +29,12 @@ MIX = ("a red square on a white background", "a blue square on a white backgroun
 BLUE = ("on a red background there is a big orange cross at the top edge", 22003)
 IMG2IMG = ("a large green square on a black background",
            "a large yellow circle on a purple background", 2)
+ATTENTION = ("a white star at the bottom, green background", 1)
+SWEEP_PROMPTS = ("a red circle on a white background",
+                 "a large blue square on a yellow background",
+                 "a small green triangle at the top, black background",
+                 "an orange star on the left of a purple background",
+                 "a red star on a blue background")
 
 
 def sdlab(command: str) -> None:
@@ -88,6 +95,21 @@ def main() -> None:
         frames = [t / "shown" / f"frame-{k:03d}.png" for k in (0, 5, 10, 20, 29)]
         row(frames, DOCS / "progression.png")
         blue_row(t)
+        sdlab(f'attention "{ATTENTION[0]}" --seed {ATTENTION[1]} --out {DOCS}/attention.png')
+        sweep_pictures(t)
+
+
+def sweep_pictures(t: Path) -> None:
+    """The README's sweep of the demo prompts over guidance: its grid and accuracy plot."""
+    prompts = " ".join(f'--prompt "{p}"' for p in SWEEP_PROMPTS)
+    sdlab(f"sweep {prompts} --seeds 0-3 --axis guidance=1,3,5,7.5,10 --out {t}/sweep --plot")
+    (t / "sweep" / "grid.png").replace(DOCS / "sweep-grid.png")
+    (t / "sweep" / "accuracy-guidance.png").replace(DOCS / "sweep-accuracy-guidance.png")
+    with open(t / "sweep" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for g in dict.fromkeys(r["guidance"] for r in rows):  # the numbers the README quotes
+        oks = [r["ok_all"] == "1" for r in rows if r["guidance"] == g]
+        print(f"sweep: guidance {g}: all five right in {sum(oks)}/{len(oks)}")
 
 
 def img2img_row(t: Path) -> None:
