@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,6 +81,18 @@ def image_processor(size: int) -> CLIPImageProcessorPil:
     )  # fmt: skip
 
 
+def edit_config(folder: Path, **changes: Any) -> None:
+    """Set keys of folder/config.json (None: remove the key)."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def save_model(out: Path, vae: AutoencoderKL, clip: CLIPModel,
                unet: UNet2DConditionModel) -> Path:
     """Write the sdlab-tiny folder: the SD pipeline in fp16 safetensors plus clip/."""
@@ -106,15 +119,9 @@ def save_model(out: Path, vae: AutoencoderKL, clip: CLIPModel,
     # Stored in fp16 to stay small, but loaded as fp32 by default (transformers reads the
     # dtype from config.json; diffusers models load as fp32 unless told otherwise).
     for sub in ("text_encoder", "clip"):
-        path = out / sub / "config.json"
-        config = json.loads(path.read_text())
-        config["dtype"] = "float32"
-        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        edit_config(out / sub, dtype="float32")
     for sub in ("vae", "unet"):  # where the weights were read from is the training machine's
-        path = out / sub / "config.json"
-        config = json.loads(path.read_text())
-        config.pop("_name_or_path", None)
-        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        edit_config(out / sub, _name_or_path=None)
     write_preview(out)
     return out
 
