@@ -170,11 +170,10 @@ def test_cases_use_unseen_seeds_and_fit_their_measure() -> None:
 
 # --- the graded behaviours on the model ----------------------------------------------------
 
-# The first case of each measure's fixed list (the benchmark's own), run end to end.
-TEST_CASES = {"mix": 1, "interpolation": 1, "blue": 1, "img2img": 1}
 # Fixed cases of each measure (indices into the benchmark's own lists) that the shipped
 # model passes, one per colour pair where it can: a regression in a graded behaviour fails
-# one of them. The full rates are the benchmark's (the model card).
+# one of them. The full rates are the benchmark's (the model card). Each case runs once, and
+# the measures are made of them as the benchmark makes its own.
 MIX_CASES = (0, 1)  # red -> blue, red -> yellow
 INTERPOLATION_CASES = (1, 2)  # red -> yellow, green -> purple
 BLUE_CASES = (0, 2)
@@ -186,24 +185,57 @@ def model() -> Parts:
     return load(os.environ.get("SDLAB_GRADED_MODEL", BUNDLED_NAME))
 
 
+def _picked(specs: list, picked: tuple[int, ...]) -> list:
+    return [specs[k] for k in picked]
+
+
 @pytest.fixture(scope="module")
 def result(model: Parts) -> graded.GradedResult:
-    return graded.run_graded(model, TEST_CASES)
+    """The measures over the fixed cases, each case run once."""
+    mix = [graded.run_hue_case(model, s, graded.mix_entries(s))
+           for s in _picked(graded.hue_specs(max(MIX_CASES) + 1, graded.SEEDS["mix"]),
+                            MIX_CASES)]
+    interp = [graded.run_hue_case(model, s, graded.interpolation_entries(s))
+              for s in _picked(graded.hue_specs(max(INTERPOLATION_CASES) + 1,
+                                                graded.SEEDS["interpolation"]),
+                               INTERPOLATION_CASES)]
+    blue = [graded.run_blue_case(model, s)
+            for s in _picked(graded.blue_specs(max(BLUE_CASES) + 1, graded.SEEDS["blue"]),
+                             BLUE_CASES)]
+    i2i = [graded.run_img2img_case(model, s)
+           for s in _picked(graded.img2img_specs(max(IMG2IMG_CASES) + 1,
+                                                 graded.SEEDS["img2img"]), IMG2IMG_CASES)]
+    return graded.GradedResult(model.model_id, graded.STEPS, graded.GUIDANCE,
+                               graded.SCHEDULER, graded.hue_measure("mix", mix),
+                               graded.hue_measure("interpolation", interp),
+                               graded.blue_measure(blue, graded.BLUE_SCALES),
+                               graded.img2img_measure(i2i))
 
 
 def test_every_measure_reads_its_cases_back(result: graded.GradedResult) -> None:
     """Each case holds one judged reading per weight, scale or strength, and the rates count
     the cases."""
     for measure in (result.mix, result.interpolation):
-        (case,) = measure.cases
-        assert len(case.colors) == len(case.hsl) == len(case.fractions) == len(case.weights)
-        assert measure.monotone.hits == int(case.monotone)
-    (blue,) = result.blue.cases
-    assert len(blue.blue_means) == len(blue.shapes) == len(result.blue.scales)
-    assert all(0.0 <= b <= 1.0 for b in blue.blue_means)
-    (i2i,) = result.img2img.cases
-    assert len(i2i.distances) == len(result.img2img.strengths)
-    assert result.img2img.monotone.hits == int(i2i.monotone)
+        for case in measure.cases:
+            assert len(case.colors) == len(case.hsl) == len(case.fractions) == len(case.weights)
+        assert measure.monotone.hits == sum(c.monotone for c in measure.cases)
+    for blue in result.blue.cases:
+        assert len(blue.blue_means) == len(blue.shapes) == len(result.blue.scales)
+        assert all(0.0 <= b <= 1.0 for b in blue.blue_means)
+    for i2i in result.img2img.cases:
+        assert len(i2i.distances) == len(result.img2img.strengths)
+    assert result.img2img.monotone.hits == sum(c.monotone for c in result.img2img.cases)
+
+
+def test_run_graded_runs_the_first_cases_of_each_list(model: Parts) -> None:
+    """The benchmark's own entry point: the first k cases of each list, read back."""
+    one = graded.run_graded(model, {"mix": 0, "interpolation": 0, "blue": 0, "img2img": 1})
+    assert not one.mix.cases and not one.blue.cases and len(one.img2img.cases) == 1
+    (case,) = one.img2img.cases
+    (spec,) = graded.img2img_specs(1, graded.SEEDS["img2img"])
+    assert (case.prompt, case.seed, case.source) == (spec.prompt, spec.seed,
+                                                     spec.source.attributes)
+    assert len(case.distances) == len(one.img2img.strengths)
 
 
 def test_the_result_is_saved_beside_the_benchmark(result: graded.GradedResult,
@@ -220,37 +252,27 @@ def test_the_result_is_saved_beside_the_benchmark(result: graded.GradedResult,
     assert again["prompts"] == 100 and again["graded"] == saved["graded"]
 
 
-def _picked(specs: list, picked: tuple[int, ...]) -> list:
-    return [specs[k] for k in picked]
-
-
-def test_a_mix_moves_the_hue_by_degrees(model: Parts) -> None:
+def test_a_mix_moves_the_hue_by_degrees(result: graded.GradedResult) -> None:
     """Weights 0 .. 1 walk the shape's hue from one colour to the other, through a
     saturated in-between colour at 0.5 (not black, white or grey)."""
-    specs = graded.hue_specs(max(MIX_CASES) + 1, graded.SEEDS["mix"])
-    for spec in _picked(specs, MIX_CASES):
-        case = graded.run_hue_case(model, spec, graded.mix_entries(spec))
-        assert case.monotone and case.in_between, (spec.prompt_start, case.colors, case.hsl)
+    for case in result.mix.cases:
+        assert case.monotone and case.in_between, (case.prompt_start, case.colors, case.hsl)
 
 
-def test_an_interpolation_moves_the_hue_by_degrees(model: Parts) -> None:
-    specs = graded.hue_specs(max(INTERPOLATION_CASES) + 1, graded.SEEDS["interpolation"])
-    for spec in _picked(specs, INTERPOLATION_CASES):
-        case = graded.run_hue_case(model, spec, graded.interpolation_entries(spec))
-        assert case.monotone and case.in_between, (spec.prompt_start, case.colors, case.hsl)
+def test_an_interpolation_moves_the_hue_by_degrees(result: graded.GradedResult) -> None:
+    for case in result.interpolation.cases:
+        assert case.monotone and case.in_between, (case.prompt_start, case.colors, case.hsl)
 
 
-def test_the_blue_guide_makes_the_picture_bluer_and_keeps_its_shape(model: Parts) -> None:
-    specs = graded.blue_specs(max(BLUE_CASES) + 1, graded.SEEDS["blue"])
-    for spec in _picked(specs, BLUE_CASES):
-        case = graded.run_blue_case(model, spec)
-        assert case.monotone and case.shape_kept, (spec.prompt, case.blue_means, case.shapes)
+def test_the_blue_guide_makes_the_picture_bluer_and_keeps_its_shape(
+        result: graded.GradedResult) -> None:
+    for case in result.blue.cases:
+        assert case.monotone and case.shape_kept, (case.prompt, case.blue_means, case.shapes)
 
 
-def test_img2img_strength_moves_from_the_input_to_the_prompt(model: Parts) -> None:
-    specs = graded.img2img_specs(max(IMG2IMG_CASES) + 1, graded.SEEDS["img2img"])
-    for spec in _picked(specs, IMG2IMG_CASES):
-        case = graded.run_img2img_case(model, spec)
-        assert case.monotone, (spec.prompt, case.distances)
-        assert case.keeps_source, (spec.source.attributes, case.colors[0], case.shapes[0])
-        assert case.follows_prompt, (spec.prompt, case.colors[-1], case.shapes[-1])
+def test_img2img_strength_moves_from_the_input_to_the_prompt(
+        result: graded.GradedResult) -> None:
+    for case in result.img2img.cases:
+        assert case.monotone, (case.prompt, case.distances)
+        assert case.keeps_source, (case.source, case.colors[0], case.shapes[0])
+        assert case.follows_prompt, (case.prompt, case.colors[-1], case.shapes[-1])
