@@ -215,6 +215,9 @@ def result(model: Parts) -> graded.GradedResult:
 def test_every_measure_reads_its_cases_back(result: graded.GradedResult) -> None:
     """Each case holds one judged reading per weight, scale or strength, and the rates count
     the cases."""
+    assert [len(m.cases) for m in (result.mix, result.interpolation, result.blue,
+                                   result.img2img)] == [
+        len(MIX_CASES), len(INTERPOLATION_CASES), len(BLUE_CASES), len(IMG2IMG_CASES)]
     for measure in (result.mix, result.interpolation):
         for case in measure.cases:
             assert len(case.colors) == len(case.hsl) == len(case.fractions) == len(case.weights)
