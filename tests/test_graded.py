@@ -185,31 +185,11 @@ def model() -> Parts:
     return load(os.environ.get("SDLAB_GRADED_MODEL", BUNDLED_NAME))
 
 
-def _picked(specs: list, picked: tuple[int, ...]) -> list:
-    return [specs[k] for k in picked]
-
-
 @pytest.fixture(scope="module")
 def result(model: Parts) -> graded.GradedResult:
     """The measures over the fixed cases, each case run once."""
-    mix = [graded.run_hue_case(model, s, graded.mix_entries(s))
-           for s in _picked(graded.hue_specs(max(MIX_CASES) + 1, graded.SEEDS["mix"]),
-                            MIX_CASES)]
-    interp = [graded.run_hue_case(model, s, graded.interpolation_entries(s))
-              for s in _picked(graded.hue_specs(max(INTERPOLATION_CASES) + 1,
-                                                graded.SEEDS["interpolation"]),
-                               INTERPOLATION_CASES)]
-    blue = [graded.run_blue_case(model, s)
-            for s in _picked(graded.blue_specs(max(BLUE_CASES) + 1, graded.SEEDS["blue"]),
-                             BLUE_CASES)]
-    i2i = [graded.run_img2img_case(model, s)
-           for s in _picked(graded.img2img_specs(max(IMG2IMG_CASES) + 1,
-                                                 graded.SEEDS["img2img"]), IMG2IMG_CASES)]
-    return graded.GradedResult(model.model_id, graded.STEPS, graded.GUIDANCE,
-                               graded.SCHEDULER, graded.hue_measure("mix", mix),
-                               graded.hue_measure("interpolation", interp),
-                               graded.blue_measure(blue, graded.BLUE_SCALES),
-                               graded.img2img_measure(i2i))
+    return graded.run_graded(model, {"mix": MIX_CASES, "interpolation": INTERPOLATION_CASES,
+                                     "blue": BLUE_CASES, "img2img": IMG2IMG_CASES})
 
 
 def test_every_measure_reads_its_cases_back(result: graded.GradedResult) -> None:

@@ -491,19 +491,27 @@ def img2img_measure(cases: Sequence[Img2ImgCase]) -> Img2ImgMeasure:
                 [c.follows_prompt for c in cases], IMG2IMG_BAR), tuple(cases))
 
 
-def run_graded(parts: Parts, cases: dict[str, int] | None = None,
+def run_graded(parts: Parts, cases: dict[str, int | Sequence[int]] | None = None,
                scales: Sequence[float] = BLUE_SCALES, progress: bool = False) -> GradedResult:
-    """All four measures on a loaded model; `cases` sets how many of each measure's cases
-    run (the first k of its fixed list; default CASES)."""
-    n = {**CASES, **(cases or {})}
-    mix = _each(hue_specs(n["mix"], SEEDS["mix"]),
+    """All four measures on a loaded model; `cases` sets which of each measure's cases run:
+    a number k, the first k of its fixed list (default CASES), or the indices into it."""
+    chosen = {**CASES, **(cases or {})}
+
+    def specs(name: str, make: Callable[[int, int], list]) -> list:
+        picked = chosen[name]
+        if isinstance(picked, int):
+            return make(picked, SEEDS[name])
+        every = make(max(picked, default=-1) + 1, SEEDS[name])
+        return [every[k] for k in picked]
+
+    mix = _each(specs("mix", hue_specs),
                 lambda s: run_hue_case(parts, s, mix_entries(s)), "mix", progress)
-    interp = _each(hue_specs(n["interpolation"], SEEDS["interpolation"]),
+    interp = _each(specs("interpolation", hue_specs),
                    lambda s: run_hue_case(parts, s, interpolation_entries(s)), "interpolate",
                    progress)
-    blue = _each(blue_specs(n["blue"], SEEDS["blue"]),
+    blue = _each(specs("blue", blue_specs),
                  lambda s: run_blue_case(parts, s, scales), "blue", progress)
-    i2i = _each(img2img_specs(n["img2img"], SEEDS["img2img"]),
+    i2i = _each(specs("img2img", img2img_specs),
                 lambda s: run_img2img_case(parts, s), "img2img", progress)
     return GradedResult(parts.model_id, STEPS, GUIDANCE, SCHEDULER, hue_measure("mix", mix),
                         hue_measure("interpolation", interp), blue_measure(blue, scales),
