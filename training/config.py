@@ -94,6 +94,11 @@ class UnetConfig:
     target_guidance: float = 7.5
     calibrate_lr: float = 2e-4
     filler_prob: float = 0.5  # as the text encoder was trained
+    # Share of every batch, in every phase, that is colour-mix samples (training/mixes.py),
+    # drawn from a cached pool of mix_pool_size: what makes prompt mixes and interpolations
+    # pass through the colours between their ends.
+    mix_share: float = 0.25
+    mix_pool_size: int = 12000
     ema_decay: float = 0.999
 
 
@@ -124,6 +129,7 @@ class TinyConfig:
             unet=UnetConfig(
                 block_out_channels=(32, 32), attention_head_dim=8, pool_size=128, steps=30,
                 batch_size=32, lr=2e-3, warmup=5, tune_steps=6, calibrate_steps=4,
+                mix_pool_size=16,
             ),
         )  # fmt: skip
 

@@ -6,7 +6,8 @@ encoder states of their captions are computed once and cached (fp16): each train
 is then only the UNet. The loss is SD's plain epsilon MSE over uniformly drawn t; the
 weights saved are an EMA. Three phases (`unet_phases`, UnetConfig):
 
-    1. clean captions, uncond_prob of them empty (classifier-free guidance);
+    1. clean captions, uncond_prob of them empty (classifier-free guidance), and in every
+       phase `mix_share` of each batch colour-mix samples (training/mixes.py);
     2. the guidance tune: captions that name some attributes wrongly (caption_noise, more
        often as t falls) and more empty ones, which bounds what guidance can amplify, so
        guidance 7.5 no longer overshoots (see the card);
@@ -38,6 +39,7 @@ from sdlab.tiny.imaging import images_to_tensor
 from training.config import UnetConfig
 from training.filler import add_filler
 from training.fit import Losses, Phase, Schedule, Stage, step_rng
+from training.mixes import mix_samples
 from training.vae import encode_mean
 
 log = logging.getLogger("training.unet")
@@ -169,15 +171,37 @@ def build_latent_cache(path: Path, vae: AutoencoderKL, seed: int, n: int,
     save_file({"latents": torch.cat(out).half().contiguous()}, str(path))
 
 
+@torch.no_grad()
+def build_mix_cache(path: Path, vae: AutoencoderKL, text_encoder: CLIPTextModel,
+                    tokenizer: CLIPTokenizer, seed: int, n: int, filler_prob: float,
+                    chunk: int = 2048) -> None:
+    """Latents of `n` colour-mix samples and their blended caption states (fp16)."""
+    mixes = mix_samples(step_rng(seed, STAGE_ID, 10**8 + 4), n, filler_prob)
+    latents = torch.cat([
+        encode_mean(vae, images_to_tensor(np.stack([world.render(s) for s in
+                                                    mixes.scenes[i : i + chunk]])))
+        for i in range(0, n, chunk)
+    ]) * vae.config.scaling_factor
+    w = torch.tensor(mixes.weights)[:, None, None]
+    states = ((1 - w) * encode_text(text_encoder, tokenizer, mixes.captions_a).float()
+              + w * encode_text(text_encoder, tokenizer, mixes.captions_b).float())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"latents": latents.half().contiguous(), "states": states.half().contiguous()},
+              str(path))
+
+
 @dataclasses.dataclass
 class Pool:
     """The cached training pool: latents, caption states (clean and, for the guidance
-    tune, noisy) and the empty caption's states."""
+    tune, noisy) and the empty caption's states; and the colour-mix samples' latents and
+    blended states."""
 
     latents: torch.Tensor  # (N, 4, 8, 8)
     states: torch.Tensor  # (N, 77, d)
     empty: torch.Tensor  # (1, 77, d)
     noisy_states: torch.Tensor | None  # (N, 77, d)
+    mix_latents: torch.Tensor | None = None  # (M, 4, 8, 8)
+    mix_states: torch.Tensor | None = None  # (M, 77, d)
 
 
 def load_pool(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextModel,
@@ -186,7 +210,9 @@ def load_pool(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextM
     text_path = workdir / "text_cache.safetensors"
     noisy_path = workdir / "text_cache_noisy.safetensors"
     latent_path = workdir / "latent_cache.safetensors"
+    mix_path = workdir / "mix_cache.safetensors"
     noisy = cfg.tune_steps > 0 and cfg.caption_noise > 0
+    mixes = cfg.mix_share > 0
     if not (resume and text_path.is_file()):
         build_text_cache(text_path, text_encoder, tokenizer, seed, cfg.pool_size,
                          cfg.filler_prob)
@@ -195,10 +221,14 @@ def load_pool(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextM
                          cfg.filler_prob, cfg.caption_noise)
     if not (resume and latent_path.is_file()):
         build_latent_cache(latent_path, vae, seed, cfg.pool_size)
+    if mixes and not (resume and mix_path.is_file()):
+        build_mix_cache(mix_path, vae, text_encoder, tokenizer, seed, cfg.mix_pool_size,
+                        cfg.filler_prob)
     text = load_file(str(text_path))
     noisy_states = load_file(str(noisy_path))["states"] if noisy else None
+    mix = load_file(str(mix_path)) if mixes else {}
     return Pool(load_file(str(latent_path))["latents"], text["states"], text["empty"],
-                noisy_states)
+                noisy_states, mix.get("latents"), mix.get("states"))
 
 
 # --- one step's batch -----------------------------------------------------------------------
@@ -215,22 +245,31 @@ class Batch(NamedTuple):
 
 
 def training_batch(pool: Pool, batch_size: int, seed: int, step: int, uncond_prob: float,
-                   noisy_captions: bool, scheduler: DDPMScheduler) -> Batch:
-    """One step's batch, the same on a resumed run. With `noisy_captions` (and a pool
-    that has them), a caption is a noisy one with probability min(1, 2 (1 - t/1000))."""
+                   noisy_captions: bool, scheduler: DDPMScheduler,
+                   mix_share: float = 0.0) -> Batch:
+    """One step's batch, the same on a resumed run: round(mix_share * batch_size)
+    colour-mix samples last (when the pool has them), pool samples before them. With
+    `noisy_captions` (and a pool that has them), a pool sample's caption is a noisy one
+    with probability min(1, 2 (1 - t/1000))."""
     rng = step_rng(seed, STAGE_ID, step)
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    idx = torch.from_numpy(rng.integers(len(pool.latents), size=batch_size))
+    n_mix = round(mix_share * batch_size) if pool.mix_latents is not None else 0
+    n_pool = batch_size - n_mix
+    idx = torch.from_numpy(rng.integers(len(pool.latents), size=n_pool))
     x0 = pool.latents[idx].float()  # (B, 4, 8, 8)
     ctx = pool.states[idx].float()  # (B, 77, d)
+    if n_mix:
+        mix = torch.from_numpy(rng.integers(len(pool.mix_latents), size=n_mix))
+        x0 = torch.cat([x0, pool.mix_latents[mix].float()])
+        ctx = torch.cat([ctx, pool.mix_states[mix].float()])
     drop = torch.from_numpy(rng.random(batch_size) < uncond_prob)
     ctx[drop] = pool.empty.float()
     noise = torch.randn(x0.shape, generator=gen)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=gen)
     if noisy_captions and pool.noisy_states is not None:
-        share = (2.0 * (1.0 - t / scheduler.config.num_train_timesteps)).clamp(max=1.0)
-        use = (torch.rand(batch_size, generator=gen) < share) & ~drop
-        ctx[use] = pool.noisy_states[idx[use]].float()
+        share = (2.0 * (1.0 - t[:n_pool] / scheduler.config.num_train_timesteps)).clamp(max=1.0)
+        use = (torch.rand(n_pool, generator=gen) < share) & ~drop[:n_pool]
+        ctx[:n_pool][use] = pool.noisy_states[idx[use]].float()
     return Batch(scheduler.add_noise(x0, noise, t), t, ctx, noise)
 
 
@@ -294,7 +333,7 @@ def unet_stage(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
     def phase(p: UnetPhase) -> Phase:
         def loss(step: int) -> Losses:
             batch = training_batch(pool, cfg.batch_size, seed, step, p.uncond_prob,
-                                   p.noisy_captions, scheduler)
+                                   p.noisy_captions, scheduler, cfg.mix_share)
             if p.calibrated:
                 batch = calibrated_batch(teachers[0], batch, pool.empty, scale)
             return unet_loss(unet, batch), {}
