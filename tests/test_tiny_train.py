@@ -394,3 +394,22 @@ def test_stage_workers_exit_when_training_is_killed(tmp_path, mode):
     finally:
         if _alive(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+def test_a_stage_takes_the_cores_its_partner_frees(tmp_path):
+    """Side by side, a stage keeps its own threads while its partner trains and takes
+    threads_alone once the partner's final model is written."""
+    from training.train import take_cores_when_done
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        check = take_cores_when_done(tmp_path / "vae_decoder", 2)
+        check()
+        assert torch.get_num_threads() == 1
+        (tmp_path / "vae_decoder" / "final").mkdir(parents=True)
+        (tmp_path / "vae_decoder" / "final" / "config.json").write_text("{}")
+        check()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

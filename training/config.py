@@ -106,6 +106,8 @@ class UnetConfig:
 class TinyConfig:
     seed: int = 0
     threads: int = 1
+    # torch threads of a stage whose side-by-side partner has finished (parallel runs)
+    threads_alone: int = 2
     parallel: bool = True  # run independent stages in two processes (VAE|CLIP, UNet|decoder)
     vae: VaeConfig = field(default_factory=VaeConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
@@ -142,7 +144,8 @@ class TinyConfig:
         accepted only at the value that leaves the recipe as it is (`NO_OP`); any other
         value describes a run this code cannot repeat, and raises ValueError."""
         subs = {"vae": VaeConfig, "clip": ClipConfig, "unet": UnetConfig}
-        kwargs: dict[str, Any] = {k: data[k] for k in ("seed", "threads", "parallel") if k in data}
+        top = ("seed", "threads", "threads_alone", "parallel")
+        kwargs: dict[str, Any] = {k: data[k] for k in top if k in data}
         for name, sub in subs.items():
             known = {f.name for f in fields(sub)}
             values = dict(data.get(name, {}))

@@ -109,9 +109,11 @@ class LossLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 
 
-def fit(stage: Stage, workdir: Path, resume: bool = True) -> torch.nn.Module:
+def fit(stage: Stage, workdir: Path, resume: bool = True,
+        between_steps: Callable[[], None] | None = None) -> torch.nn.Module:
     """Train `stage` in `workdir` (from its checkpoint when resuming) and save its result
-    to `workdir/final` with save_pretrained; returns the result."""
+    to `workdir/final` with save_pretrained; returns the result. `between_steps` is called
+    before every step (e.g. to take cores another stage has freed)."""
     ckpt = workdir / "ckpt"
     start = load_checkpoint(ckpt, stage.model, stage.opt, stage.extra) if resume else 0
     losses = LossLog(workdir / "log.jsonl")
@@ -124,6 +126,8 @@ def fit(stage: Stage, workdir: Path, resume: bool = True) -> torch.nn.Module:
         phase_start = phase.end
         bar = tqdm(range(begin, phase.end), desc=phase.name, initial=begin, total=phase.end)
         for step in bar:
+            if between_steps is not None:
+                between_steps()
             for group in stage.opt.param_groups:
                 group["lr"] = phase.schedule.at(step)
             loss, values = phase.loss(step)

@@ -15,6 +15,7 @@ import json
 import logging
 import multiprocessing
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +67,24 @@ STAGES = {"vae": _vae, "clip": _clip, "unet": _unet, "vae_decoder": _vae_decoder
 PAIRS = (("vae", "clip"), ("unet", "vae_decoder"))
 
 
+def take_cores_when_done(partner: Path, threads: int) -> Callable[[], None]:
+    """A between-steps hook: once the partner stage's folder holds its final model, this
+    process takes `threads` torch threads (the cores the partner has freed)."""
+    done = partner / "final" / "config.json"
+
+    def check() -> None:
+        if torch.get_num_threads() != threads and done.is_file():
+            log.info("%s finished: taking %d threads", partner.name, threads)
+            torch.set_num_threads(threads)
+
+    return check
+
+
 def run_stage(name: str, config: TinyConfig, workdir: Path, resume: bool,
-              log_level: int = 0) -> float:
+              log_level: int = 0, partner: str | None = None) -> float:
     """Train one stage into workdir/name (skipped when resuming a finished one); returns
-    its wall seconds."""
+    its wall seconds. With a side-by-side `partner` stage, it takes config.threads_alone
+    threads once the partner has finished."""
     torch.set_num_threads(config.threads)
     if log_level and not logging.getLogger().handlers:  # a fresh worker process
         logging.basicConfig(level=log_level, format="%(asctime)s %(name)s: %(message)s")
@@ -78,7 +93,9 @@ def run_stage(name: str, config: TinyConfig, workdir: Path, resume: bool,
     if resume and (folder / "final" / "config.json").is_file():
         log.info("%s: already trained (%s)", name, folder / "final")
     else:
-        fit(STAGES[name](config, workdir, resume), folder, resume)
+        hook = (take_cores_when_done(workdir / partner, config.threads_alone)
+                if partner is not None else None)
+        fit(STAGES[name](config, workdir, resume), folder, resume, hook)
     return time.time() - t
 
 
@@ -89,8 +106,8 @@ def _run_pair(config: TinyConfig, pair: tuple[str, str], workdir: Path,
     level = logging.getLogger().getEffectiveLevel()
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=2, mp_context=ctx, initializer=exit_with_parent) as pool:
-        futures = [pool.submit(run_stage, name, config, workdir, resume, level)
-                   for name in pair]
+        futures = [pool.submit(run_stage, name, config, workdir, resume, level, partner)
+                   for name, partner in zip(pair, pair[::-1], strict=True)]
         return [f.result() for f in futures]
 
 
