@@ -259,9 +259,9 @@ def test_guidance_tune_batches_use_noisy_captions_as_t_falls():
     pool = Pool(latents=torch.zeros(n, 4, 8, 8), states=torch.zeros(n, 77, d),
                 empty=-torch.ones(1, 77, d), noisy_states=torch.ones(n, 77, d))
     scheduler = ddpm_scheduler()
-    _, t, ctx, _ = training_batch(pool, 4000, 0, 7, 0.0, False, scheduler)
+    _, t, ctx, *_ = training_batch(pool, 4000, 0, 7, 0.0, False, scheduler)
     assert (ctx == 0).all()
-    _, t, ctx, _ = training_batch(pool, 4000, 0, 7, 0.2, True, scheduler)
+    _, t, ctx, *_ = training_batch(pool, 4000, 0, 7, 0.2, True, scheduler)
     kind = ctx[:, 0, 0]
     assert abs((kind == -1).float().mean().item() - 0.2) < 0.03
     kept = kind != -1

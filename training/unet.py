@@ -7,7 +7,8 @@ is then only the UNet. The loss is SD's plain epsilon MSE over uniformly drawn t
 weights saved are an EMA. Three phases (`unet_phases`, UnetConfig):
 
     1. clean captions, uncond_prob of them empty (classifier-free guidance), and in every
-       phase `mix_share` of each batch colour-mix samples (training/mixes.py);
+       phase `mix_share` of each batch colour-mix samples (training/mixes.py) and, on the
+       clean captions, the token grounding loss (training/grounding.py);
     2. the guidance tune: captions that name some attributes wrongly (caption_noise, more
        often as t falls) and more empty ones, which bounds what guidance can amplify, so
        guidance 7.5 no longer overshoots (see the card);
@@ -39,6 +40,7 @@ from sdlab.tiny.imaging import images_to_tensor
 from training.config import UnetConfig
 from training.filler import add_filler
 from training.fit import Losses, Phase, Schedule, Stage, step_rng
+from training.grounding import grounding_loss, keep_attention, shape_masks, word_positions
 from training.mixes import mix_samples
 from training.vae import encode_mean
 
@@ -190,6 +192,15 @@ def build_mix_cache(path: Path, vae: AutoencoderKL, text_encoder: CLIPTextModel,
               str(path))
 
 
+def build_grounding_cache(path: Path, tokenizer: CLIPTokenizer, seed: int, n: int,
+                          filler_prob: float) -> None:
+    """The clean captions' shape and background word positions and the shapes' masks."""
+    scenes, captions = pool_scenes(seed, n, filler_prob)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"positions": word_positions(tokenizer, captions, scenes).contiguous(),
+               "masks": shape_masks(scenes).contiguous()}, str(path))
+
+
 @dataclasses.dataclass
 class Pool:
     """The cached training pool: latents, caption states (clean and, for the guidance
@@ -202,6 +213,8 @@ class Pool:
     noisy_states: torch.Tensor | None  # (N, 77, d)
     mix_latents: torch.Tensor | None = None  # (M, 4, 8, 8)
     mix_states: torch.Tensor | None = None  # (M, 77, d)
+    positions: torch.Tensor | None = None  # (N, 2) shape and background word positions
+    masks: torch.Tensor | None = None  # (N, 8, 8) the shapes' cover of each latent cell
 
 
 def load_pool(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextModel,
@@ -211,6 +224,7 @@ def load_pool(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextM
     noisy_path = workdir / "text_cache_noisy.safetensors"
     latent_path = workdir / "latent_cache.safetensors"
     mix_path = workdir / "mix_cache.safetensors"
+    grounding_path = workdir / "grounding_cache.safetensors"
     noisy = cfg.tune_steps > 0 and cfg.caption_noise > 0
     mixes = cfg.mix_share > 0
     if not (resume and text_path.is_file()):
@@ -226,9 +240,13 @@ def load_pool(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPTextM
                         cfg.filler_prob)
     text = load_file(str(text_path))
     noisy_states = load_file(str(noisy_path))["states"] if noisy else None
+    if cfg.grounding > 0 and not (resume and grounding_path.is_file()):
+        build_grounding_cache(grounding_path, tokenizer, seed, cfg.pool_size, cfg.filler_prob)
     mix = load_file(str(mix_path)) if mixes else {}
+    ground = load_file(str(grounding_path)) if cfg.grounding > 0 else {}
     return Pool(load_file(str(latent_path))["latents"], text["states"], text["empty"],
-                noisy_states, mix.get("latents"), mix.get("states"))
+                noisy_states, mix.get("latents"), mix.get("states"), ground.get("positions"),
+                ground.get("masks"))
 
 
 # --- one step's batch -----------------------------------------------------------------------
@@ -242,6 +260,8 @@ class Batch(NamedTuple):
     t: torch.Tensor  # (B,)
     ctx: torch.Tensor  # (B, 77, d)
     target: torch.Tensor  # (B, 4, 8, 8)
+    positions: torch.Tensor | None = None  # (B, 2) words to ground, -1: none (grounding.py)
+    masks: torch.Tensor | None = None  # (B, 8, 8)
 
 
 def training_batch(pool: Pool, batch_size: int, seed: int, step: int, uncond_prob: float,
@@ -270,7 +290,17 @@ def training_batch(pool: Pool, batch_size: int, seed: int, step: int, uncond_pro
         share = (2.0 * (1.0 - t[:n_pool] / scheduler.config.num_train_timesteps)).clamp(max=1.0)
         use = (torch.rand(n_pool, generator=gen) < share) & ~drop[:n_pool]
         ctx[:n_pool][use] = pool.noisy_states[idx[use]].float()
-    return Batch(scheduler.add_noise(x0, noise, t), t, ctx, noise)
+    else:
+        use = torch.zeros(n_pool, dtype=torch.bool)
+    positions = masks = None
+    if pool.positions is not None and pool.masks is not None:
+        # grounded: the pool samples with their own clean caption
+        positions = torch.full((batch_size, 2), -1, dtype=torch.int16)
+        clean = ~drop[:n_pool] & ~use
+        positions[:n_pool][clean] = pool.positions[idx[clean]]
+        masks = torch.zeros(batch_size, *pool.masks.shape[1:])
+        masks[:n_pool] = pool.masks[idx].float()
+    return Batch(scheduler.add_noise(x0, noise, t), t, ctx, noise, positions, masks)
 
 
 @torch.no_grad()
@@ -318,6 +348,7 @@ def unet_stage(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
     torch.manual_seed(seed)
     unet = build_unet(cfg, text_encoder.config.hidden_size).train()
     ema = copy.deepcopy(unet).requires_grad_(False)
+    kept = keep_attention(unet) if cfg.grounding > 0 else None  # the EMA keeps stock ones
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
     scheduler = ddpm_scheduler()
     teachers: list[UNet2DConditionModel] = []
@@ -336,7 +367,13 @@ def unet_stage(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
                                    p.noisy_captions, scheduler, cfg.mix_share)
             if p.calibrated:
                 batch = calibrated_batch(teachers[0], batch, pool.empty, scale)
-            return unet_loss(unet, batch), {}
+            if kept is None or batch.positions is None:
+                return unet_loss(unet, batch), {}
+            kept.clear()
+            mse = unet_loss(unet, batch)
+            ground = grounding_loss(kept, batch.positions, batch.masks)
+            kept.clear()
+            return mse + cfg.grounding * ground, {"mse": mse.item(), "grounding": ground.item()}
 
         return Phase(p.name, p.end, p.schedule, loss,
                      enter=enter_calibration if p.calibrated else None)
