@@ -99,8 +99,9 @@ class UnetConfig:
     # pass through the colours between their ends.
     mix_share: float = 0.25
     mix_pool_size: int = 12000
-    # Weight of the token grounding loss (training/grounding.py) beside the epsilon MSE.
-    grounding: float = 0.1
+    # Weight of the token grounding loss (training/grounding.py) beside the epsilon MSE;
+    # heavier weights cost colour accuracy (docs/tiny-model-notes.md).
+    grounding: float = 0.03
     ema_decay: float = 0.999
 
 
