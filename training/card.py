@@ -378,6 +378,8 @@ def render_card(folder: Path) -> str:
         "calibration_ratio": f"{uc.teacher_guidance / uc.target_guidance:.3f}",
         "target_guidance": f"{uc.target_guidance:g}",
         "teacher_guidance": f"{uc.teacher_guidance:g}",
+        "mix_share": _pct(uc.mix_share), "mix_pool_size": f"{uc.mix_pool_size:,}",
+        "grounding": f"{uc.grounding:g}",
         "provenance": provenance(record.config, logs), "log_table": log_table(logs),
         "prompts": b.prompts, "held_prompts": int(round(b.prompts * HELD_OUT_SHARE)),
         "bench_steps": b.steps, "accuracy_table": accuracy_table(b),

@@ -204,8 +204,8 @@ def build_grounding_cache(path: Path, tokenizer: CLIPTokenizer, seed: int, n: in
 @dataclasses.dataclass
 class Pool:
     """The cached training pool: latents, caption states (clean and, for the guidance
-    tune, noisy) and the empty caption's states; and the colour-mix samples' latents and
-    blended states."""
+    tune, noisy) and the empty caption's states; the colour-mix samples' latents and
+    blended states; the clean captions' grounded word positions and the shapes' masks."""
 
     latents: torch.Tensor  # (N, 4, 8, 8)
     states: torch.Tensor  # (N, 77, d)
