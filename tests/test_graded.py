@@ -177,7 +177,7 @@ def test_cases_use_unseen_seeds_and_fit_their_measure() -> None:
 MIX_CASES = (0, 1)  # red -> blue, red -> yellow
 INTERPOLATION_CASES = (1, 2)  # red -> yellow, green -> purple
 BLUE_CASES = (0, 2)
-IMG2IMG_CASES = (2, 5)
+IMG2IMG_CASES = (5, 10)
 
 
 @pytest.fixture(scope="module")
