@@ -27,12 +27,6 @@ class VaeConfig:
     # guidance 7.5; 0.6 pushes only the close pairs and keeps it (the model card).
     palette_margin: float = 0.1
     palette_gap: float = 0.6
-    # The shapes pushed apart the same way: each batch is batch_size // 2 scenes and their
-    # siblings with another shape (all else equal), and a pair whose latents are closer than
-    # shape_gap (L2 over the whole latent, in latent stds) is pushed. Light img2img keeps
-    # its input's shape only if the shape shows through the noise of a few steps.
-    shape_margin: float = 0.1
-    shape_gap: float = 5.0
     # second stage: the decoder alone, on the frozen encoder's posterior means (it can
     # run beside the UNet stage, which only needs the encoder)
     decoder_steps: int = 5500

@@ -11,7 +11,6 @@ same reason: pixels that carry structure matter more than flat ones).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 
@@ -95,26 +94,6 @@ def palette_margin_loss(palette: torch.Tensor, latents: torch.Tensor, gap: float
     return torch.relu(gap - dist[pairs[0], pairs[1]]).mean()
 
 
-def shape_sibling_images(rng: np.random.Generator, n: int) -> np.ndarray:
-    """(2n, 64, 64, 3) uint8: n random training scenes, then each one again with another
-    shape (same colours, position and size; never a held-out pair)."""
-    scenes = [world.sample_scene(rng) for _ in range(n)]
-    siblings = []
-    for scene in scenes:
-        others = [s for s in world.SHAPES
-                  if s != scene.shape and not world.is_held_out(scene.color, s)]
-        siblings.append(dataclasses.replace(scene, shape=others[rng.integers(len(others))]))
-    return np.stack([world.render(s) for s in scenes + siblings])
-
-
-def shape_margin_loss(latents: torch.Tensor, gap: float) -> torch.Tensor:
-    """Mean over the sibling pairs of `latents` (first half vs second half, as
-    shape_sibling_images orders them) of relu(gap - L2 distance in latent stds)."""
-    a, b = latents.chunk(2)
-    dist = (a - b).flatten(1).norm(dim=1) / latents.std()
-    return torch.relu(gap - dist).mean()
-
-
 @torch.no_grad()
 def closest_palette_pair(vae: AutoencoderKL, seed: int = 0, n: int = 256) -> tuple[float, str, str]:
     """The two palette colours whose flat latents are closest, and their distance (latent
@@ -158,7 +137,7 @@ def _eval_images(seed: int) -> np.ndarray:
 
 
 def vae_stage(cfg: VaeConfig, seed: int) -> Stage:
-    """The whole VAE on fresh images: reconstruction + KL (+ the palette and shape margins), its
+    """The whole VAE on fresh images: reconstruction + KL (+ the palette margin), its
     round trip measured every eval_every steps; saved with its scaling factor."""
     torch.manual_seed(seed)
     vae = build_vae(cfg).train()
@@ -167,11 +146,7 @@ def vae_stage(cfg: VaeConfig, seed: int) -> Stage:
     gen = torch.Generator().manual_seed(seed)  # the posterior's samples
 
     def loss(step: int) -> Losses:
-        rng = step_rng(seed, STAGE_ID, step)
-        if cfg.shape_margin > 0:
-            x = images_to_tensor(shape_sibling_images(rng, cfg.batch_size // 2))
-        else:
-            x = images_to_tensor(random_images(rng, cfg.batch_size))
+        x = images_to_tensor(random_images(step_rng(seed, STAGE_ID, step), cfg.batch_size))
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.sample(generator=gen)).sample
         rec_loss, mse = reconstruction_loss(rec, x, cfg)
@@ -180,12 +155,7 @@ def vae_stage(cfg: VaeConfig, seed: int) -> Stage:
         if cfg.palette_margin > 0:
             margin = palette_margin_loss(palette_latents(vae), posterior.mean, cfg.palette_gap)
             total = total + cfg.palette_margin * margin
-        logged = {"mse": mse.item(), "kl": kl.item()}
-        if cfg.shape_margin > 0:
-            shape_margin = shape_margin_loss(posterior.mean, cfg.shape_gap)
-            total = total + cfg.shape_margin * shape_margin
-            logged["shape_margin"] = shape_margin.item()
-        return total, logged
+        return total, {"mse": mse.item(), "kl": kl.item()}
 
     def with_scaling_factor() -> AutoencoderKL:
         scale = measure_scaling_factor(vae, seed)
