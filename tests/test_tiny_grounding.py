@@ -83,7 +83,8 @@ def test_batches_ground_only_pool_samples_with_their_own_clean_caption():
                 mix_latents=torch.zeros(10, 4, 8, 8), mix_states=torch.full((10, 77, d), 2.0),
                 positions=torch.tensor([[3, 7]] * n, dtype=torch.int16),
                 masks=torch.ones(n, 8, 8))
-    batch = training_batch(pool, 2000, 0, 3, 0.2, True, ddpm_scheduler(), mix_share=0.25)
+    scheduler = ddpm_scheduler(TinyConfig().unet)
+    batch = training_batch(pool, 2000, 0, 3, 0.2, True, scheduler, mix_share=0.25)
     kind = batch.ctx[:, 0, 0]  # 0 clean, 1 noisy, -1 empty, 2 mix
     grounded = batch.positions[:, 0] >= 0
     assert torch.equal(grounded, kind == 0)

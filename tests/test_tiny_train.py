@@ -54,7 +54,8 @@ def test_folder_layout_and_configs(trained):
     assert index["requires_safety_checker"] is False
     sched = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
     assert sched["_class_name"] == "LMSDiscreteScheduler"
-    assert (sched["beta_start"], sched["beta_end"]) == (0.00085, 0.012)
+    recipe = TinyConfig.quick().unet  # trained and sampled on one schedule
+    assert (sched["beta_start"], sched["beta_end"]) == (recipe.beta_start, recipe.beta_end)
     assert sched["beta_schedule"] == "scaled_linear" and sched["prediction_type"] == "epsilon"
     vae = json.loads((out / "vae" / "config.json").read_text())
     assert vae["sample_size"] == 64 and vae["latent_channels"] == 4
@@ -258,7 +259,7 @@ def test_guidance_tune_batches_use_noisy_captions_as_t_falls():
     n, d = 50, 4
     pool = Pool(latents=torch.zeros(n, 4, 8, 8), states=torch.zeros(n, 77, d),
                 empty=-torch.ones(1, 77, d), noisy_states=torch.ones(n, 77, d))
-    scheduler = ddpm_scheduler()
+    scheduler = ddpm_scheduler(TinyConfig.quick().unet)
     _, t, ctx, *_ = training_batch(pool, 4000, 0, 7, 0.0, False, scheduler)
     assert (ctx == 0).all()
     _, t, ctx, *_ = training_batch(pool, 4000, 0, 7, 0.2, True, scheduler)

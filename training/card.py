@@ -229,6 +229,7 @@ def _params(module: torch.nn.Module) -> str:
 
 
 def architecture_table(folder: Path, vae: AutoencoderKL) -> str:
+    sc = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     text = CLIPTextModel.from_pretrained(folder / "text_encoder")
     vision = CLIPVisionModelWithProjection.from_pretrained(folder / "clip")
     unet = UNet2DConditionModel.from_pretrained(folder / "unet")
@@ -249,7 +250,9 @@ def architecture_table(folder: Path, vae: AutoencoderKL) -> str:
         ["UNet", "UNet2DConditionModel", _params(unet),
          f"channels {tuple(uc.block_out_channels)}, cross-attention dim "
          f"{uc.cross_attention_dim}"],
-        ["scheduler", "LMSDiscreteScheduler", "-", "scaled_linear 0.00085-0.012, 1000 steps"],
+        ["scheduler", "LMSDiscreteScheduler", "-",
+         f"{sc['beta_schedule']} {sc['beta_start']:g}-{sc['beta_end']:g}, "
+         f"{sc['num_train_timesteps']} steps"],
     ])  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """Assemble the trained stages into a diffusers Stable Diffusion folder (sdlab-tiny).
 
-Layout: model_index.json, tokenizer/, text_encoder/, vae/, unet/, scheduler/ (LMS, SD's
-betas) as diffusers writes them, weights in fp16 safetensors; plus clip/, the CLIP image
+Layout: model_index.json, tokenizer/, text_encoder/, vae/, unet/, scheduler/ (LMS, on the
+recipe's betas) as diffusers writes them, weights in fp16 safetensors; plus clip/, the CLIP image
 tower (CLIPVisionModelWithProjection) and the text projection, which together with
 text_encoder/ rebuild the whole tiny CLIP for scoring and CLIP guidance; and
 preview.json, the cheap latent->RGB map fitted on the world's own images.
@@ -36,11 +36,13 @@ from sdlab.models import load
 from sdlab.preview import fit_preview, save_preview
 from sdlab.random_models import TOKENIZER_DIR
 from sdlab.tiny.imaging import random_images
+from training.config import UnetConfig
 
 
-def lms_scheduler() -> LMSDiscreteScheduler:
+def lms_scheduler(cfg: UnetConfig) -> LMSDiscreteScheduler:
+    """The deep dive's sampler on the schedule the UNet was trained with."""
     return LMSDiscreteScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        num_train_timesteps=1000, beta_start=cfg.beta_start, beta_end=cfg.beta_end,
         beta_schedule="scaled_linear", prediction_type="epsilon", steps_offset=1,
     )  # fmt: skip
 
@@ -60,12 +62,13 @@ def vision_from_clip(clip: CLIPModel) -> CLIPVisionModelWithProjection:
 
 
 def build_pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, unet: UNet2DConditionModel,
-                   tokenizer: CLIPTokenizer | None = None) -> StableDiffusionPipeline:
+                   cfg: UnetConfig, tokenizer: CLIPTokenizer | None = None,
+                   ) -> StableDiffusionPipeline:
     """An in-memory StableDiffusionPipeline (LMS, no safety checker) from the parts."""
     tokenizer = tokenizer or CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
     return StableDiffusionPipeline(
         vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
-        scheduler=lms_scheduler(), safety_checker=None, feature_extractor=None,
+        scheduler=lms_scheduler(cfg), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )  # fmt: skip
 
@@ -94,11 +97,11 @@ def edit_config(folder: Path, **changes: Any) -> None:
 
 
 def save_model(out: Path, vae: AutoencoderKL, clip: CLIPModel,
-               unet: UNet2DConditionModel) -> Path:
+               unet: UNet2DConditionModel, cfg: UnetConfig) -> Path:
     """Write the sdlab-tiny folder: the SD pipeline in fp16 safetensors plus clip/."""
     out = Path(out)
     text_encoder = text_encoder_from_clip(clip)
-    pipe = build_pipeline(vae, text_encoder, unet)
+    pipe = build_pipeline(vae, text_encoder, unet, cfg)
     for sub in ("tokenizer", "text_encoder", "vae", "unet", "scheduler", "clip"):
         shutil.rmtree(out / sub, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)

@@ -125,6 +125,6 @@ def train_tiny(out: Path, workdir: Path, config: TinyConfig | None = None,
     vae = AutoencoderKL.from_pretrained(workdir / "vae_decoder" / "final")
     clip = CLIPModel.from_pretrained(workdir / "clip" / "final", dtype=torch.float32)
     unet = UNet2DConditionModel.from_pretrained(workdir / "unet" / "final")
-    save_model(Path(out), vae, clip, unet)
+    save_model(Path(out), vae, clip, unet, config.unet)
     log.info("saved %s (stage seconds: %s)", out, seconds)
     return TrainResult(Path(out), workdir, seconds)

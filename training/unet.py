@@ -49,10 +49,10 @@ STAGE_ID = 3
 CALIBRATE_WARMUP = 50  # steps of the calibration's own warmup
 
 
-def ddpm_scheduler() -> DDPMScheduler:
-    """SD's training noise schedule."""
+def ddpm_scheduler(cfg: UnetConfig) -> DDPMScheduler:
+    """The training noise schedule."""
     return DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        num_train_timesteps=1000, beta_start=cfg.beta_start, beta_end=cfg.beta_end,
         beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False,
     )  # fmt: skip
 
@@ -350,7 +350,7 @@ def unet_stage(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
     ema = copy.deepcopy(unet).requires_grad_(False)
     kept = keep_attention(unet) if cfg.grounding > 0 else None  # the EMA keeps stock ones
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
-    scheduler = ddpm_scheduler()
+    scheduler = ddpm_scheduler(cfg)
     teachers: list[UNet2DConditionModel] = []
     scale = cfg.teacher_guidance / cfg.target_guidance
 
