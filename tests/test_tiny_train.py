@@ -108,6 +108,20 @@ def test_resume_skips_finished_stages(trained):
     assert (out / "model_index.json").is_file()
 
 
+
+def test_resume_refuses_a_workdir_of_another_recipe(trained, tmp_path):
+    """A workdir's finished stages are reused on resume, so another seed (another recipe)
+    is refused before any training; --no-resume or a new workdir is the way out."""
+    out, work, args = trained
+    before = {s: len(LossLog(work / s / "log.jsonl").read()) for s in STAGES}
+    other = ["--out", str(tmp_path / "model"), "--workdir", str(work), "--quick", "--seed", "2"]
+    result = CliRunner().invoke(train_tiny, other)
+    assert result.exit_code != 0 and "--workdir" in result.output
+    assert not (tmp_path / "model").exists()
+    assert {s: len(LossLog(work / s / "log.jsonl").read()) for s in STAGES} == before
+    faster = [*args, "--threads", "2"]  # speed settings are not the recipe
+    assert CliRunner().invoke(train_tiny, faster, catch_exceptions=False).exit_code == 0
+
 def test_vae_loss_weights_the_shape():
     """The reconstruction error counts 1 + fg_weight on the shape and its rim, 1 elsewhere."""
     from sdlab.tiny import world

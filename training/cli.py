@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -29,12 +30,14 @@ def main(out: Path, workdir: Path, seed: int, quick: bool, resume: bool,
          threads: int | None, overwrite: bool) -> None:
     """Train sdlab-tiny (VAE, CLIP, UNet) on the synthetic world and save it to OUT."""
     check_out(out, overwrite)
-    from training.train import train_tiny  # torch and the stages: after the checks
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = TinyConfig.quick(seed) if quick else TinyConfig(seed=seed)
     if threads:
         config.threads = threads
+    if resume:
+        check_workdir(workdir, config)
+    from training.train import train_tiny  # torch and the stages: after the checks
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = train_tiny(out, workdir, config, resume=resume)
     times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in result.seconds.items())
     click.echo(f"saved {result.out} ({times})")
@@ -50,3 +53,24 @@ def check_out(out: Path, overwrite: bool) -> None:
     if any(out.iterdir()):
         raise click.ClickException(f"--out {out} is not empty and holds no model: choose a new "
                                    "folder, or pass --overwrite")
+
+
+# Settings that change how fast a run goes, not what it trains.
+SPEED_ONLY = ("threads", "threads_alone", "parallel")
+
+
+def check_workdir(workdir: Path, config: TinyConfig) -> None:
+    """Resuming reuses the workdir's finished stages and checkpoints, so they must come from
+    the same recipe: a workdir of another config would be mixed into this run's model."""
+    path = workdir / "config.json"
+    if not path.is_file():
+        return
+    try:
+        previous = TinyConfig.from_dict(json.loads(path.read_text())).to_dict()
+    except (ValueError, TypeError, json.JSONDecodeError):
+        previous = None
+    current = config.to_dict()
+    if previous is None or any(previous[k] != current[k] for k in current if k not in SPEED_ONLY):
+        raise click.ClickException(
+            f"--workdir {workdir} holds a run of another recipe ({path}): choose a new "
+            "workdir, or pass --no-resume to train from scratch there")
