@@ -103,6 +103,17 @@ class LossLog:
         with self.path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
 
+    def keep_before(self, step: int) -> None:
+        """Drop the records of `step` on: a run resuming from a checkpoint at `step` (or
+        starting afresh, at 0) logs them again."""
+        records = self.read()
+        kept = [r for r in records if r["step"] < step]
+        if len(kept) == len(records):
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.replace(self.path)
+
     def read(self) -> list[dict[str, float]]:
         if not self.path.is_file():
             return []
@@ -117,6 +128,7 @@ def fit(stage: Stage, workdir: Path, resume: bool = True,
     ckpt = workdir / "ckpt"
     start = load_checkpoint(ckpt, stage.model, stage.opt, stage.extra) if resume else 0
     losses = LossLog(workdir / "log.jsonl")
+    losses.keep_before(start)
     last = stage.phases[-1].end
     phase_start = 0
     for phase in stage.phases:
