@@ -73,11 +73,9 @@ class UnetConfig:
     warmup: int = 200
     uncond_prob: float = 0.1
     # The noise schedule (scaled_linear betas), shared by training and the exported LMS
-    # scheduler. SD's 0.00085-0.012 leaves sigma 0.57 at t=200, where img2img at strength
-    # 0.2 starts, enough to hide an 8x8 latent's shape; 1e-6-0.016 leaves 0.22 there and
-    # ends at SD's last sigma (14.9 against 14.6), so pure noise still carries nothing.
-    beta_start: float = 1e-6
-    beta_end: float = 0.016
+    # scheduler: SD's.
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
     # Phase 2, the guidance tune: `tune_steps` more steps with noisy captions and more
     # empty ones. The world's captions pin an image down exactly, so a UNet trained only on
     # clean ones learns an unbounded "classifier" p(caption | image) and guidance 7.5
