@@ -108,7 +108,6 @@ def test_resume_skips_finished_stages(trained):
     assert (out / "model_index.json").is_file()
 
 
-
 def test_resume_refuses_a_workdir_of_another_recipe(trained, tmp_path):
     """A workdir's finished stages are reused on resume, so another seed (another recipe)
     is refused before any training; --no-resume or a new workdir is the way out."""
@@ -119,6 +118,15 @@ def test_resume_refuses_a_workdir_of_another_recipe(trained, tmp_path):
     assert result.exit_code != 0 and "--workdir" in result.output
     assert not (tmp_path / "model").exists()
     assert {s: len(LossLog(work / s / "log.jsonl").read()) for s in STAGES} == before
+    older = json.loads((work / "config.json").read_text())
+    del older["unet"]["beta_end"]  # written by a recipe without the option
+    (tmp_path / "older").mkdir()
+    (tmp_path / "older" / "config.json").write_text(json.dumps(older))
+    args_older = ["--out", str(tmp_path / "model"), "--workdir", str(tmp_path / "older"),
+                  "--quick", "--seed", "1"]
+    result = CliRunner().invoke(train_tiny, args_older)
+    assert result.exit_code != 0 and "--workdir" in result.output
+    assert not (tmp_path / "model").exists()
     faster = [*args, "--threads", "2"]  # speed settings are not the recipe
     assert CliRunner().invoke(train_tiny, faster, catch_exceptions=False).exit_code == 0
 

@@ -61,16 +61,17 @@ SPEED_ONLY = ("threads", "threads_alone", "parallel")
 
 def check_workdir(workdir: Path, config: TinyConfig) -> None:
     """Resuming reuses the workdir's finished stages and checkpoints, so they must come from
-    the same recipe: a workdir of another config would be mixed into this run's model."""
+    the same recipe: every option as this run's (a workdir whose config lacks an option was
+    written by a recipe without it, which may have trained otherwise)."""
     path = workdir / "config.json"
     if not path.is_file():
         return
     try:
-        previous = TinyConfig.from_dict(json.loads(path.read_text())).to_dict()
-    except (ValueError, TypeError, json.JSONDecodeError):
-        previous = None
-    current = config.to_dict()
-    if previous is None or any(previous[k] != current[k] for k in current if k not in SPEED_ONLY):
+        previous = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        previous = {}
+    current = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as stored
+    if any(previous.get(k) != v for k, v in current.items() if k not in SPEED_ONLY):
         raise click.ClickException(
             f"--workdir {workdir} holds a run of another recipe ({path}): choose a new "
             "workdir, or pass --no-resume to train from scratch there")
