@@ -438,3 +438,34 @@ def test_a_stage_takes_the_cores_its_partner_frees(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_training_noise_levels_follow_sds_share():
+    """With sd_level_share 0 the timesteps are uniform; with 1 their noise levels are
+    distributed as uniform timesteps give on SD's schedule, whatever the schedule; on SD's
+    own schedule that is uniform again."""
+    from diffusers import DDPMScheduler
+
+    from training.unet import SD_BETAS, draw_timesteps, sigmas
+
+    def schedule(start: float, end: float) -> DDPMScheduler:
+        return DDPMScheduler(num_train_timesteps=1000, beta_start=start, beta_end=end,
+                             beta_schedule="scaled_linear")
+
+    n = 200_000
+    sd, low = schedule(*SD_BETAS), schedule(1e-6, 0.016)
+    bins = torch.arange(0, 1001, 100)
+    for s, share in ((low, 0.0), (sd, 1.0)):
+        t = draw_timesteps(s, n, torch.Generator().manual_seed(0), share)
+        counts = torch.histogram(t.double(), bins.double()).hist
+        assert (counts / (n / 10) - 1).abs().max() < 0.03, (share, counts)
+    uniform = torch.randint(0, 1000, (n,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(draw_timesteps(low, n, torch.Generator().manual_seed(0), 0.0), uniform)
+
+    want = sigmas(sd)[uniform]
+    for share in (1.0, 0.5):
+        got = sigmas(low)[draw_timesteps(low, n, torch.Generator().manual_seed(1), share)]
+        for level in (0.1, 0.3, 1.0, 3.0):
+            expected = share * (want > level).double().mean() + (1 - share) * (
+                sigmas(low)[uniform] > level).double().mean()
+            assert abs((got > level).double().mean() - expected) < 0.01, (share, level)

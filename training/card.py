@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from string import Template
 
@@ -25,8 +25,9 @@ from sdlab.outputs import atomic_write
 from sdlab.tiny import world
 from sdlab.tiny.benchmark import DEFAULT_FOLDER, HELD_OUT_SHARE
 from sdlab.tiny.graded import BLUE_EVERY, BLUE_RISE, Rate
-from training.config import TinyConfig
+from training.config import TinyConfig, UnetConfig
 from training.fit import LossLog
+from training.unet import SD_BETAS, ddpm_scheduler, sigmas
 from training.vae import closest_palette_pair
 
 TEMPLATE = Path(__file__).with_name("card.md")
@@ -335,6 +336,24 @@ def provenance(config: TinyConfig | None, logs: dict[str, StageLog]) -> str:
             + " wrote; its stage logs:")
 
 
+def noise_schedule_text(uc: UnetConfig) -> dict[str, str]:
+    """How the card names the noise schedule and the training timesteps of a config."""
+    betas = f"scaled_linear betas {uc.beta_start:g}-{uc.beta_end:g}"
+    if (uc.beta_start, uc.beta_end) == SD_BETAS:
+        words = {"scheduler_betas": f"SD's {betas}", "noise_schedule": "SD's DDPM noise schedule"}
+    else:
+        ours, sd = sigmas(ddpm_scheduler(uc)), sigmas(ddpm_scheduler(
+            replace(uc, beta_start=SD_BETAS[0], beta_end=SD_BETAS[1])))
+        words = {"scheduler_betas": f"{betas}; SD's are {SD_BETAS[0]:g}-{SD_BETAS[1]:g}",
+                 "noise_schedule": f"a DDPM noise schedule with {betas} (sigma "
+                 f"{ours[200]:.2f} at t=200 against SD's {sd[200]:.2f}, {ours[-1]:.1f} at "
+                 f"t=999 against {sd[-1]:.1f})"}
+    words["timesteps"] = "uniform t" if uc.sd_level_share <= 0 else (
+        f"t drawn so that {_pct(uc.sd_level_share)} of each batch have their noise levels "
+        "distributed as uniform t gives on SD's schedule, the rest uniform")
+    return words
+
+
 def _fmt_list(values) -> str:
     return ", ".join(f"{v:g}" for v in values)
 
@@ -383,6 +402,7 @@ def render_card(folder: Path) -> str:
         "teacher_guidance": f"{uc.teacher_guidance:g}",
         "mix_share": _pct(uc.mix_share), "mix_pool_size": f"{uc.mix_pool_size:,}",
         "grounding": f"{uc.grounding:g}",
+        **noise_schedule_text(uc),
         "provenance": provenance(record.config, logs), "log_table": log_table(logs),
         "prompts": b.prompts, "held_prompts": int(round(b.prompts * HELD_OUT_SHARE)),
         "bench_steps": b.steps, "accuracy_table": accuracy_table(b),

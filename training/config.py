@@ -73,9 +73,14 @@ class UnetConfig:
     warmup: int = 200
     uncond_prob: float = 0.1
     # The noise schedule (scaled_linear betas), shared by training and the exported LMS
-    # scheduler: SD's.
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
+    # scheduler: less noise than SD's at small t, so that img2img's light touch keeps its
+    # input (sigma 0.22 at t=200, SD's 0.57), and the same at t=999.
+    beta_start: float = 1e-6
+    beta_end: float = 0.016
+    # The share of each batch whose timesteps are drawn so that their noise levels follow
+    # SD's schedule (uniform t there), the rest uniform: training keeps SD's share of the
+    # noise levels that decide shape and layout.
+    sd_level_share: float = 0.8
     # Phase 2, the guidance tune: `tune_steps` more steps with noisy captions and more
     # empty ones. The world's captions pin an image down exactly, so a UNet trained only on
     # clean ones learns an unbounded "classifier" p(caption | image) and guidance 7.5

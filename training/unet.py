@@ -47,6 +47,7 @@ from training.vae import encode_mean
 log = logging.getLogger("training.unet")
 STAGE_ID = 3
 CALIBRATE_WARMUP = 50  # steps of the calibration's own warmup
+SD_BETAS = (0.00085, 0.012)  # SD's scaled_linear schedule
 
 
 def ddpm_scheduler(cfg: UnetConfig) -> DDPMScheduler:
@@ -55,6 +56,28 @@ def ddpm_scheduler(cfg: UnetConfig) -> DDPMScheduler:
         num_train_timesteps=1000, beta_start=cfg.beta_start, beta_end=cfg.beta_end,
         beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False,
     )  # fmt: skip
+
+
+def sigmas(scheduler: DDPMScheduler) -> torch.Tensor:
+    """sigma(t) = sqrt((1 - alpha_bar) / alpha_bar) of each training timestep, rising."""
+    alpha_bar = scheduler.alphas_cumprod.double()
+    return ((1 - alpha_bar) / alpha_bar).sqrt()
+
+
+def draw_timesteps(scheduler: DDPMScheduler, n: int, gen: torch.Generator,
+                   sd_share: float) -> torch.Tensor:
+    """n training timesteps, uniform; with sd_share > 0, that share of them drawn so that
+    their noise levels are distributed as uniform timesteps give on SD's schedule (the
+    timestep of this schedule with the next sigma up)."""
+    n_steps = scheduler.config.num_train_timesteps
+    t = torch.randint(0, n_steps, (n,), generator=gen)
+    if sd_share <= 0:
+        return t
+    sd = DDPMScheduler(num_train_timesteps=n_steps, beta_start=SD_BETAS[0],
+                       beta_end=SD_BETAS[1], beta_schedule="scaled_linear")
+    wanted = sigmas(sd)[torch.randint(0, n_steps, (n,), generator=gen)]
+    matched = torch.searchsorted(sigmas(scheduler), wanted).clamp(max=n_steps - 1)
+    return torch.where(torch.rand(n, generator=gen) < sd_share, matched, t)
 
 
 def build_unet(cfg: UnetConfig, cross_attention_dim: int) -> UNet2DConditionModel:
@@ -266,11 +289,11 @@ class Batch(NamedTuple):
 
 def training_batch(pool: Pool, batch_size: int, seed: int, step: int, uncond_prob: float,
                    noisy_captions: bool, scheduler: DDPMScheduler,
-                   mix_share: float = 0.0) -> Batch:
+                   mix_share: float = 0.0, sd_share: float = 0.0) -> Batch:
     """One step's batch, the same on a resumed run: round(mix_share * batch_size)
     colour-mix samples last (when the pool has them), pool samples before them. With
     `noisy_captions` (and a pool that has them), a pool sample's caption is a noisy one
-    with probability min(1, 2 (1 - t/1000))."""
+    with probability min(1, 2 (1 - t/1000)). `sd_share`: see draw_timesteps."""
     rng = step_rng(seed, STAGE_ID, step)
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     n_mix = round(mix_share * batch_size) if pool.mix_latents is not None else 0
@@ -285,7 +308,7 @@ def training_batch(pool: Pool, batch_size: int, seed: int, step: int, uncond_pro
     drop = torch.from_numpy(rng.random(batch_size) < uncond_prob)
     ctx[drop] = pool.empty.float()
     noise = torch.randn(x0.shape, generator=gen)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=gen)
+    t = draw_timesteps(scheduler, batch_size, gen, sd_share)
     if noisy_captions and pool.noisy_states is not None:
         share = (2.0 * (1.0 - t[:n_pool] / scheduler.config.num_train_timesteps)).clamp(max=1.0)
         use = (torch.rand(n_pool, generator=gen) < share) & ~drop[:n_pool]
@@ -364,7 +387,8 @@ def unet_stage(cfg: UnetConfig, seed: int, workdir: Path, text_encoder: CLIPText
     def phase(p: UnetPhase) -> Phase:
         def loss(step: int) -> Losses:
             batch = training_batch(pool, cfg.batch_size, seed, step, p.uncond_prob,
-                                   p.noisy_captions, scheduler, cfg.mix_share)
+                                   p.noisy_captions, scheduler, cfg.mix_share,
+                                   cfg.sd_level_share)
             if p.calibrated:
                 batch = calibrated_batch(teachers[0], batch, pool.empty, scale)
             if kept is None or batch.positions is None:
