@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from string import Template
 
@@ -27,7 +27,7 @@ from sdlab.tiny.benchmark import DEFAULT_FOLDER, HELD_OUT_SHARE
 from sdlab.tiny.graded import BLUE_EVERY, BLUE_RISE, Rate
 from training.config import TinyConfig, UnetConfig
 from training.fit import LossLog
-from training.unet import SD_BETAS, ddpm_scheduler, sigmas
+from training.unet import SD_BETAS, ddpm_scheduler, sd_sigmas, sigmas
 from training.vae import closest_palette_pair
 
 TEMPLATE = Path(__file__).with_name("card.md")
@@ -342,8 +342,8 @@ def noise_schedule_text(uc: UnetConfig) -> dict[str, str]:
     if (uc.beta_start, uc.beta_end) == SD_BETAS:
         words = {"scheduler_betas": f"SD's {betas}", "noise_schedule": "SD's DDPM noise schedule"}
     else:
-        ours, sd = sigmas(ddpm_scheduler(uc)), sigmas(ddpm_scheduler(
-            replace(uc, beta_start=SD_BETAS[0], beta_end=SD_BETAS[1])))
+        ours = sigmas(ddpm_scheduler(uc))
+        sd = sd_sigmas(len(ours))
         words = {"scheduler_betas": f"{betas}; SD's are {SD_BETAS[0]:g}-{SD_BETAS[1]:g}",
                  "noise_schedule": f"a DDPM noise schedule with {betas} (sigma "
                  f"{ours[200]:.2f} at t=200 against SD's {sd[200]:.2f}, {ours[-1]:.1f} at "

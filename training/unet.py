@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -64,6 +65,13 @@ def sigmas(scheduler: DDPMScheduler) -> torch.Tensor:
     return ((1 - alpha_bar) / alpha_bar).sqrt()
 
 
+@lru_cache(maxsize=4)
+def sd_sigmas(n_steps: int) -> torch.Tensor:
+    """sigma(t) of SD's own schedule over n_steps training timesteps."""
+    return sigmas(DDPMScheduler(num_train_timesteps=n_steps, beta_start=SD_BETAS[0],
+                                beta_end=SD_BETAS[1], beta_schedule="scaled_linear"))
+
+
 def draw_timesteps(scheduler: DDPMScheduler, n: int, gen: torch.Generator,
                    sd_share: float) -> torch.Tensor:
     """n training timesteps, uniform; with sd_share > 0, that share of them drawn so that
@@ -73,9 +81,7 @@ def draw_timesteps(scheduler: DDPMScheduler, n: int, gen: torch.Generator,
     t = torch.randint(0, n_steps, (n,), generator=gen)
     if sd_share <= 0:
         return t
-    sd = DDPMScheduler(num_train_timesteps=n_steps, beta_start=SD_BETAS[0],
-                       beta_end=SD_BETAS[1], beta_schedule="scaled_linear")
-    wanted = sigmas(sd)[torch.randint(0, n_steps, (n,), generator=gen)]
+    wanted = sd_sigmas(n_steps)[torch.randint(0, n_steps, (n,), generator=gen)]
     matched = torch.searchsorted(sigmas(scheduler), wanted).clamp(max=n_steps - 1)
     return torch.where(torch.rand(n, generator=gen) < sd_share, matched, t)
 
