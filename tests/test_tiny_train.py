@@ -444,13 +444,11 @@ def test_training_noise_levels_follow_sds_share():
     """With sd_level_share 0 the timesteps are uniform; with 1 their noise levels are
     distributed as uniform timesteps give on SD's schedule, whatever the schedule; on SD's
     own schedule that is uniform again."""
-    from diffusers import DDPMScheduler
+    from training.config import UnetConfig
+    from training.unet import SD_BETAS, ddpm_scheduler, draw_timesteps, sigmas
 
-    from training.unet import SD_BETAS, draw_timesteps, sigmas
-
-    def schedule(start: float, end: float) -> DDPMScheduler:
-        return DDPMScheduler(num_train_timesteps=1000, beta_start=start, beta_end=end,
-                             beta_schedule="scaled_linear")
+    def schedule(start: float, end: float):
+        return ddpm_scheduler(UnetConfig(beta_start=start, beta_end=end))
 
     n = 200_000
     sd, low = schedule(*SD_BETAS), schedule(1e-6, 0.016)
