@@ -19,7 +19,6 @@ class VaeConfig:
     logvar_init: float = -8.0  # posterior std starts at 0.02: noise must not drown detail
     l1_weight: float = 0.1
     fg_weight: float = 4.0  # extra loss weight on and around the shape (see vae.py)
-    fg_area: float = 660.0  # shapes smaller than this (pixels, about a large circle) weigh more
     eval_every: int = 250
     # The palette's colours pushed apart in latent space: weight of palette_margin_loss and
     # the rms distance (in latent stds) below which a pair is pushed. The closest pairs

@@ -49,22 +49,18 @@ def build_vae(cfg: VaeConfig) -> AutoencoderKL:
     return vae
 
 
-def foreground_weights(x: torch.Tensor, fg_weight: float, fg_area: float) -> torch.Tensor:
-    """(B, 1, H, W) loss weights: 1 on the background, 1 + fg_weight * k on and next to the
-    shape (pixels that differ from the corner pixel, which is always background), where
-    k = fg_area / the shape's area in pixels, between 1 and 4: a small shape's detail counts
-    as much in all as a large one's."""
+def foreground_weights(x: torch.Tensor, fg_weight: float) -> torch.Tensor:
+    """(B, 1, H, W) loss weights: 1 on the background, 1 + fg_weight on and next to the
+    shape (pixels that differ from the corner pixel, which is always background)."""
     fg = ((x - x[:, :, :1, :1]).abs().amax(dim=1, keepdim=True) > 0.05).float()
     fg = torch.nn.functional.max_pool2d(fg, 3, stride=1, padding=1)
-    area = fg.sum(dim=(2, 3), keepdim=True)
-    k = (fg_area / area.clamp_min(1.0)).clamp(1.0, 4.0)
-    return 1.0 + fg_weight * k * fg
+    return 1.0 + fg_weight * fg
 
 
 def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, cfg: VaeConfig
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """(weighted MSE + l1_weight * weighted L1, plain MSE for the log)."""
-    w = foreground_weights(x, cfg.fg_weight, cfg.fg_area)
+    w = foreground_weights(x, cfg.fg_weight)
     err = rec - x
     norm = w.sum() * x.shape[1]
     loss = (w * err**2).sum() / norm + cfg.l1_weight * (w * err.abs()).sum() / norm
