@@ -37,15 +37,30 @@ def test_arc_fraction_runs_from_0_at_the_start_to_1_at_the_end(pair: tuple[str, 
     arc = graded.wrap_degrees(h_end - h_start)
     assert graded.arc_fraction(h_start, start, end) == pytest.approx(0.0, abs=1e-9)
     assert graded.arc_fraction(h_end, start, end) == pytest.approx(1.0)
-    # off the arc too, as far as a signed offset from the start reaches (half the circle);
-    # the circle wraps: 360 degrees further is the same hue
+    # off the arc too, up to half the circle from the arc's middle; the circle wraps: 360
+    # degrees further is the same hue
     for p in (0.25, 0.5, 0.75, -0.2, 1.1):
-        assert abs(p * arc) < 180.0
+        assert abs((p - 0.5) * arc) < 180.0
         hue = (h_start + p * arc) % 360.0
         assert graded.arc_fraction(hue, start, end) == pytest.approx(p)
         assert graded.arc_fraction(hue + 360.0, start, end) == pytest.approx(p)
     # reversed, the same arc is walked the other way
     assert graded.arc_fraction(h_start + 0.25 * arc, end, start) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("pair", graded.MIX_PAIRS)
+def test_every_hue_either_end_names_lies_on_that_ends_side_of_the_arc(
+        pair: tuple[str, str]) -> None:
+    """A hue the judge names the end colour reads past the middle, one it names the start
+    colour before it, even where the name's sector runs more than half a circle from the
+    other end (green to purple: the purple sector ends 200 degrees from green)."""
+    start, end = pair
+    for hue in np.arange(0.0, 360.0, 0.5):
+        name = world.hue_name(float(hue))
+        if name == end:
+            assert graded.arc_fraction(float(hue), start, end) > 0.5, (name, hue)
+        elif name == start:
+            assert graded.arc_fraction(float(hue), start, end) < 0.5, (name, hue)
 
 
 @pytest.mark.parametrize("pair", graded.MIX_PAIRS)

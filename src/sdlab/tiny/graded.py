@@ -227,10 +227,12 @@ def typical_hue(name: str) -> float:
 
 
 def arc_fraction(hue: float, start: str, end: str) -> float:
-    """Where a hue lies on the short arc from `start`'s typical hue (0) to `end`'s (1): its
-    signed offset from the start, wrapped to (-180, 180], over the arc's signed length."""
-    start_hue = typical_hue(start)
-    return wrap_degrees(hue - start_hue) / wrap_degrees(typical_hue(end) - start_hue)
+    """Where a hue lies on the short arc from `start`'s typical hue (0) to `end`'s (1),
+    measured from the arc's middle (0.5) so that the half circle centred on the arc maps
+    continuously: a hue past either end stays on that end's side of the arc."""
+    arc = wrap_degrees(typical_hue(end) - typical_hue(start))
+    middle = typical_hue(start) + 0.5 * arc
+    return 0.5 + wrap_degrees(hue - middle) / arc
 
 
 def chromatic(hsl: tuple[float, float, float] | None) -> bool:
