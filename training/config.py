@@ -11,7 +11,7 @@ class VaeConfig:
     block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
     layers_per_block: int = 1
     norm_num_groups: int = 8
-    steps: int = 2100
+    steps: int = 4200
     batch_size: int = 16
     lr: float = 7e-4
     warmup: int = 100
@@ -29,7 +29,7 @@ class VaeConfig:
     palette_gap: float = 0.6
     # second stage: the decoder alone, on the frozen encoder's posterior means (it can
     # run beside the UNet stage, which only needs the encoder)
-    decoder_steps: int = 5500
+    decoder_steps: int = 1000
     decoder_lr: float = 3e-4
     decoder_warmup: int = 50
 
