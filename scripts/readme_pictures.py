@@ -26,7 +26,7 @@ SDLAB = [sys.executable, "-m", "sdlab"]
 G = ""  # the bundled model works at the default guidance, SD's 7.5 (its card)
 # The graded rows: the graded benchmark's weights, scales and strengths, on one prompt each.
 MIX = ("a red square on a white background", "a blue square on a white background", 1)
-BLUE = ("on a red background there is a big orange cross at the top edge", 22003)
+BLUE = ("a picture of a large black circle on the left hand side, red backdrop", 22002)
 IMG2IMG = ("a large green square on a black background",
            "a large yellow circle on a purple background", 2)
 ATTENTION = ("a white star at the bottom, green background", 1)
